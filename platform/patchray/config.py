@@ -1,0 +1,222 @@
+"""Typed job configuration: a YAML spec, then ``--set key=value`` overrides, validated once.
+
+Unknown keys fail with the close matches (``trian.epochs`` -> did you mean ``train``?), so a
+typo in a job spec never silently falls back to a default. The resolved config is written
+beside every run's outputs (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from patchray.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticDataConfig(_Strict):
+    """The demo's generated dataset (see patchray.data.synthetic)."""
+
+    num_patients: int = Field(12, ge=3)
+    patches_per_patient: int = Field(350, ge=10)
+    patch_size: int = Field(50, ge=16, le=512)
+    positive_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class SplitConfig(_Strict):
+    """Patient-level split fractions; test gets the rest."""
+
+    train: float = Field(0.6, gt=0.0, lt=1.0)
+    val: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_room_for_test(self) -> "SplitConfig":
+        if self.train + self.val >= 1.0:
+            raise ValueError(
+                f"split.train + split.val must be < 1 to leave patients for test, got "
+                f"{self.train} + {self.val}"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    root: str = Field("", description="Dataset root (local path or s3://); default: <run_dir>/data")
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+    split: SplitConfig = SplitConfig()
+    rows_per_file: int = Field(2000, ge=16)
+    class_weighting: Literal["none", "balanced"] = "balanced"
+    augment: bool = True
+
+
+class TrainConfig(_Strict):
+    model: str = "cnn2"
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    input_size: int = Field(50, ge=16, le=512)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1, description="Per-worker batch size")
+    learning_rate: float = Field(1e-3, gt=0)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow decide")
+    inter_op_threads: int = Field(1, ge=0)
+    max_failures: int = Field(2, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    cache_val: bool = Field(
+        True, description="Keep the decoded validation split in rank 0's memory after epoch 1"
+    )
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    threshold_rule: Literal["sensitivity", "youden"] = "sensitivity"
+    min_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class ExportConfig(_Strict):
+    name: str = ""  # default: <model>-<dataset>
+    version: str = "1"
+    parity_atol: float = Field(1e-4, gt=0)
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    metrics_port: int = Field(8080, ge=1, le=65535)
+    route_prefix: str = "/"
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8, gt=0)
+    replica_cpus: float = Field(0.5, gt=0)
+    demo_requests: int = Field(16, ge=0)
+
+
+class RayConfig(_Strict):
+    address: str = Field("", description="Empty: start a local cluster; 'auto' or ray://...: join one")
+    # Logical CPUs above the physical count leave room for Ray Data next to the trainer on
+    # small machines (a trainer reserving every CPU starves Ray Data and hangs).
+    num_cpus: int | None = 4
+    object_store_memory_mb: int | None = 1024
+
+
+class PipelineConfig(_Strict):
+    """The whole demo pipeline: data -> train -> evaluate -> export -> serve."""
+
+    name: str = "demo"
+    dataset: str = "synthetic"
+    runs_root: str = "runs"
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    serve: ServeConfig = ServeConfig()
+    ray: RayConfig = RayConfig()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _submodel_at(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``path`` (for close-match hints)."""
+    current: type[BaseModel] = model
+    for part in path[:-1]:
+        field = current.model_fields.get(str(part))
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        current = field.annotation
+    return current
+
+
+def _explain(error: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            owner = _submodel_at(model, loc)
+            valid = _field_names(owner) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            lines.append(f"  - unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
+        else:
+            lines.append(f"  - {dotted}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML so ``3``, ``true``, ``[1,2]`` are typed."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. train.epochs=3)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return [p for p in key.strip().split(".")], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.path=value`` override set."""
+    result = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = PipelineConfig,
+) -> Any:
+    """Load a YAML spec (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " + --set " + " ".join(overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, model, source)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML (what gets saved beside the run's outputs)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Patch datasets: records, synthetic data, ingest, patient splits, Ray Data pipelines."""

@@ -1,0 +1,53 @@
+"""Ray Data: stream a split of a patchray dataset, decoded and augmented, to training workers.
+
+The logic lives in :mod:`patchray.data.transforms`; this module only wires it into
+``read_parquet`` and ``map_batches`` so it runs in parallel and streams, never materialising
+the dataset on the driver.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from patchray import storage
+from patchray.data.records import PATCH_SCHEMA
+from patchray.data.transforms import class_weights, prepare_training_batch
+
+READ_COLUMNS = ["image", "label"]
+
+
+def read_split(root: str, split: str, *, columns: list[str] | None = None) -> Any:
+    """A lazy Ray Dataset over one split (train/val/test) of the dataset at ``root``."""
+    import ray.data
+
+    fs, path = storage.resolve(storage.join(root, split))
+    return ray.data.read_parquet(
+        path,
+        filesystem=fs,
+        columns=columns or READ_COLUMNS,
+        schema=PATCH_SCHEMA,
+        file_extensions=["parquet"],
+    )
+
+
+def training_dataset(
+    root: str,
+    split: str,
+    *,
+    size: int,
+    augment: bool,
+    label_counts: dict[str, int] | None = None,
+    weighting: str = "none",
+    batch_size: int = 256,
+) -> Any:
+    """Split ``split`` as a Ray Dataset of ``x`` (float32 NHWC in [0,1]), ``y`` and ``w``."""
+    weights = class_weights(label_counts or {}, weighting)
+    # Fresh entropy per batch (seed=None): a fixed seed would repeat the same augmentation
+    # every epoch, and Ray Data's streaming order is not repeatable anyway.
+    prepare = functools.partial(
+        prepare_training_batch, size=size, augment_patches=augment, weights=weights, seed=None
+    )
+    return read_split(root, split).map_batches(
+        prepare, batch_format="numpy", batch_size=batch_size
+    )

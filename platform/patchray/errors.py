@@ -1,0 +1,34 @@
+"""Domain exceptions. Every message names the file or field at fault and what was expected."""
+
+from __future__ import annotations
+
+
+class PatchrayError(Exception):
+    """Base class for all errors patchray raises on purpose."""
+
+
+class ConfigError(PatchrayError):
+    """A job spec or override is invalid (unknown key, wrong type, bad value)."""
+
+
+class DataError(PatchrayError):
+    """A dataset, patch file or Parquet file does not match what patchray expects."""
+
+
+class SplitLeakError(DataError):
+    """A patient appears in more than one split."""
+
+
+class UnknownModelError(PatchrayError, KeyError):
+    """A model name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ArtifactError(PatchrayError):
+    """An exported model artifact is missing files or has invalid metadata."""
+
+
+class StorageError(PatchrayError):
+    """A storage URI cannot be resolved or accessed."""

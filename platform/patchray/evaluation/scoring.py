@@ -1,0 +1,34 @@
+"""Score a dataset split with an exported OpenVINO model, in parallel with Ray Data.
+
+Evaluation uses the artifact that will be served, not the Keras model: the metrics and the
+threshold then describe exactly what the hospital integration calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from patchray.data.pipeline import read_split
+from patchray.serving.predictor import PatchPredictor
+
+
+def score_split(
+    model_dir: str, data_root: str, split: str, *, concurrency: int = 1, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(labels, probabilities)`` for every labelled patch of ``split``."""
+    ds = read_split(data_root, split).map_batches(
+        PatchPredictor,
+        fn_constructor_args=(model_dir,),
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=concurrency,
+        num_cpus=1,
+    )
+    labels, probs = [], []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        labels.append(batch["label"])
+        probs.append(batch["probability"])
+    y = np.concatenate(labels).astype(np.float64)
+    p = np.concatenate(probs).astype(np.float64)
+    keep = ~np.isnan(y)  # unlabelled patches carry no ground truth to score against
+    return y[keep].astype(np.int64), p[keep]

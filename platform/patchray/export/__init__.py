@@ -1,0 +1,1 @@
+"""Model artifacts: OpenVINO IR export and the metadata that travels with it."""

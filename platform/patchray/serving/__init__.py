@@ -1,0 +1,1 @@
+"""OpenVINO inference and the Ray Serve deployment (never imports TensorFlow)."""

@@ -1,0 +1,1 @@
+"""Data-parallel training with Ray Train and TensorFlow (imported lazily, in workers)."""

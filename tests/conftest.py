@@ -1,0 +1,54 @@
+"""Shared fixtures: one real local Ray cluster per test session, with fixed resources.
+
+Integration tests share the cluster (starting Ray costs ~10 s on 2 cores) and a single tiny
+end-to-end pipeline run, whose outputs several tests inspect from different sides.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_IDC = REPO.parent / "shared" / "data" / "idc-sample" / "IDC_regular_ps50_idx5"
+
+# Before anything imports TensorFlow in this process (export runs in the test process).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
+    """A real local Ray cluster: 4 logical CPUs on 2 cores leaves room for Ray Data."""
+    import ray
+
+    from patchray.config import RayConfig
+    from patchray.pipeline import init_ray
+
+    init_ray(RayConfig(num_cpus=4, object_store_memory_mb=768), metrics_port=metrics_port)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_idc() -> Path:
+    if not SHARED_IDC.is_dir():
+        pytest.skip(f"real IDC sample not present at {SHARED_IDC}")
+    return SHARED_IDC

@@ -1,0 +1,57 @@
+"""Import-time guarantees, checked in fresh interpreters (this process may have TF loaded)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+        timeout=120, env=env,
+    )
+
+
+def test_importing_the_library_has_no_side_effects(tmp_path):
+    proc = _run(
+        """
+        import logging, os, sys
+        before = set(os.listdir("."))
+        import patchray, patchray.config, patchray.cli, patchray.pipeline, patchray.data.ingest
+        import patchray.data.pipeline, patchray.models, patchray.training.trainer
+        import patchray.evaluation.report, patchray.export.artifact
+        assert set(os.listdir(".")) == before, "import created files"
+        assert not logging.getLogger().handlers, "import configured logging"
+        assert "tensorflow" not in sys.modules, "import pulled in TensorFlow"
+        assert "TF_USE_LEGACY_KERAS" not in os.environ, "import changed the environment"
+        import ray
+        assert not ray.is_initialized(), "import started Ray"
+        print("clean")
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "clean" in proc.stdout
+
+
+def test_serving_path_never_imports_tensorflow(tmp_path):
+    proc = _run(
+        """
+        import sys
+        import patchray.serving.deployment, patchray.serving.predictor
+        import patchray.evaluation.scoring
+        sys.path.insert(0, %r)
+        import serve.app
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "keras"))
+        assert not bad, bad
+        print("no tensorflow")
+        """ % str(REPO),
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no tensorflow" in proc.stdout

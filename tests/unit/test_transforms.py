@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from patchray.data.records import encode_png
+from patchray.data.transforms import (
+    BRIGHTNESS_MAX,
+    augment,
+    class_weights,
+    decode_patches,
+    fit_to_size,
+    normalise,
+    prepare_training_batch,
+)
+
+
+def test_edge_patch_is_padded_white_not_stretched():
+    patch = np.zeros((32, 50, 3), dtype=np.uint8)
+    out = fit_to_size(patch, 50)
+    assert out.shape == (50, 50, 3)
+    assert (out[:32] == 0).all() and (out[32:] == 255).all()
+
+
+def test_larger_patch_is_resized_to_model_size():
+    assert fit_to_size(np.zeros((96, 96, 3), dtype=np.uint8), 50).shape == (50, 50, 3)
+
+
+def test_decode_patches_batches_mixed_sizes():
+    imgs = [encode_png(np.full((50, 50, 3), 10, np.uint8)), encode_png(np.full((32, 50, 3), 10, np.uint8))]
+    batch = decode_patches(imgs, 50)
+    assert batch.shape == (2, 50, 50, 3) and batch.dtype == np.uint8
+
+
+def test_normalise_scales_to_unit_range():
+    x = normalise(np.array([[[[0, 128, 255]]]], dtype=np.uint8))
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x.ravel(), [0.0, 128 / 255, 1.0], rtol=1e-6)
+
+
+def test_augment_keeps_range_shape_and_changes_pixels():
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 50, 50, 3)).astype(np.float32)
+    out = augment(x, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert not np.allclose(out, x)
+
+
+def test_augment_geometry_is_orthogonal():
+    # A uniform grey patch: geometry cannot change it, so only colour jitter may move it,
+    # and brightness stays within the published maximum.
+    x = np.full((32, 8, 8, 3), 0.5, dtype=np.float32)
+    out = augment(x, np.random.default_rng(2))
+    per_patch = out.reshape(32, -1)
+    assert np.allclose(per_patch.std(axis=1), 0, atol=1e-5)
+    assert np.abs(per_patch.mean(axis=1) - 0.5).max() <= BRIGHTNESS_MAX + 1e-5
+
+
+def test_balanced_class_weights_equalise_classes():
+    w = class_weights({"0": 720, "1": 280}, "balanced")
+    assert w[0] * 720 == pytest.approx(w[1] * 280)
+    assert class_weights({"0": 720, "1": 280}, "none") == {0: 1.0, 1: 1.0}
+
+
+def test_prepare_training_batch_outputs_model_inputs():
+    imgs = np.array([encode_png(np.full((50, 50, 3), 200, np.uint8))] * 4, dtype=object)
+    out = prepare_training_batch(
+        {"image": imgs, "label": np.array([0, 1, 0, 1], np.int8)},
+        size=50, augment_patches=False, weights={0: 0.5, 1: 2.0},
+    )
+    assert out["x"].shape == (4, 50, 50, 3)
+    np.testing.assert_allclose(out["w"], [0.5, 2.0, 0.5, 2.0])
+    np.testing.assert_allclose(out["x"][0, 0, 0], [200 / 255] * 3, rtol=1e-6)
