@@ -20,6 +20,20 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run tests marked slow (big models on Ray Train, minutes each)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (make test PYTEST_ARGS=--run-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,3 +66,25 @@ def shared_idc() -> Path:
     if not SHARED_IDC.is_dir():
         pytest.skip(f"real IDC sample not present at {SHARED_IDC}")
     return SHARED_IDC
+
+
+@pytest.fixture(scope="session")
+def demo_run(ray_cluster, tmp_path_factory, metrics_port):
+    """One tiny end-to-end run (2 train workers, 3 epochs), left serving for the tests."""
+    from patchray.config import load_config
+    from patchray.pipeline import run_demo
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(
+        overrides=[
+            f"runs_root={runs}",
+            "data.synthetic.num_patients=6",
+            "data.synthetic.patches_per_patient=120",
+            "train.epochs=3",
+            "train.batch_size=16",
+            f"serve.port={free_port()}",
+            f"serve.metrics_port={metrics_port}",
+            "serve.demo_requests=8",
+        ]
+    )
+    return run_demo(cfg, shutdown=False)

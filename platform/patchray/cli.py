@@ -1,8 +1,15 @@
 """The ``patchray`` command line: thin wrappers that parse, configure and call the library.
 
     patchray demo [--config jobs/demo.yaml] [--set train.epochs=3 ...] [--keep-serving]
+    patchray train --config jobs/idc.yaml [--set data.root=s3://bucket/idc ...]
     patchray serve MODEL_DIR [--port 8000]
     patchray models [PATTERN]
+    patchray ingest idc|pcam|folder SRC --out URI [--split-map P=train,...] [--set ...]
+    patchray dataset show URI [--out sheet.png]
+    patchray dataset validate URI
+
+Exit status: 0 success; 2 usage, config or data errors; 3 ingest wrote the dataset but
+rejected some inputs (listed in ingest_report.csv beside the manifest).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from patchray.errors import PatchrayError
 
@@ -53,6 +61,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from patchray.config import load_config
+    from patchray.pipeline import run_train_job
+
+    run_train_job(load_config(args.config, args.overrides))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from patchray.config import load_config
     from patchray.pipeline import init_ray, start_service
@@ -78,6 +94,93 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_REJECTED = 3  # ingest finished, but some inputs were refused (see the ingest report)
+REJECTIONS_SHOWN = 10
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from patchray.config import load_config
+    from patchray.data.ingest import ingest_source
+    from patchray.data.report import REPORT_CSV
+    from patchray.data.show import format_summary
+    from patchray.data.sources import create_source
+    from patchray.data.splits import parse_split_map
+
+    data = load_config(args.config, args.overrides).data
+    source = create_source(args.kind, args.src, classes=args.classes,
+                           patient_regex=args.patient_regex, unlabelled=args.unlabelled)
+    result = ingest_source(
+        source, args.out, train=data.split.train, val=data.split.val, seed=data.split.seed,
+        rows_per_file=data.rows_per_file, split_map=parse_split_map(args.split_map),
+    )
+    print(format_summary(args.out, result.manifest))
+    rejected = result.report.rejected
+    if not rejected:
+        return 0
+    print(f"{len(rejected)} inputs rejected (all in {args.out.rstrip('/')}/{REPORT_CSV}):")
+    for file, reason in rejected[:REJECTIONS_SHOWN]:
+        print(f"  {file}: {reason}")
+    if len(rejected) > REJECTIONS_SHOWN:
+        print(f"  ... +{len(rejected) - REJECTIONS_SHOWN} more")
+    return EXIT_REJECTED
+
+
+def cmd_dataset_show(args: argparse.Namespace) -> int:
+    from patchray.data.show import show_dataset
+
+    print(show_dataset(args.uri, out=args.out, all_patients=args.all_patients).text)
+    return 0
+
+
+def cmd_dataset_validate(args: argparse.Namespace) -> int:
+    from patchray.data.validate import validate_dataset
+
+    summary = validate_dataset(args.uri)
+    print(f"{args.uri}: ok: {summary['rows']} rows in {summary['files']} files; page checksums, "
+          f"counts, patient-disjoint splits and content hash {summary['content_sha256'][:12]} "
+          "match the manifest")
+    return 0
+
+
+def _add_data_commands(sub: Any) -> None:
+    ingest = sub.add_parser(
+        "ingest", help="ingest patches to a Parquet dataset split by patient",
+        description="Ingest an IDC tree, PatchCamelyon .h5 files or class folders into a "
+                    "Parquet dataset split by patient. Split fractions, seed and file size "
+                    "come from the job config (--config, or --set data.split.seed=1 --set "
+                    "data.rows_per_file=1000).",
+    )
+    ingest.add_argument("kind", choices=["idc", "pcam", "folder"], help="source layout")
+    ingest.add_argument("src", help="source folder (local)")
+    ingest.add_argument("--out", required=True,
+                        help="dataset root: local path or s3://bucket/prefix")
+    ingest.add_argument("--split-map", metavar="P=SPLIT,...",
+                        help="assign every patient explicitly, e.g. 10253=train,8975=val "
+                             "(needed below 3 patients)")
+    ingest.add_argument("--classes", metavar="FOLDER=LABEL,...",
+                        help="folder: class folder -> 0/1, e.g. benign=0,tumour=1 (default "
+                             "maps 0/1, benign/normal/negative -> 0, tumour/tumor/malignant/"
+                             "positive -> 1)")
+    ingest.add_argument("--patient-regex", metavar="REGEX",
+                        help="folder: regex on the file name; group 'patient' (or the first "
+                             "group) is the patient id, optional groups slide, x, y")
+    ingest.add_argument("--unlabelled", action="store_true",
+                        help="folder: patches without labels, written to split 'unlabelled'")
+    _config_args(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    dataset = sub.add_parser("dataset", help="inspect an ingested dataset")
+    dsub = dataset.add_subparsers(dest="dataset_command", required=True)
+    show = dsub.add_parser("show", help="counts per split/label/patient and a contact sheet")
+    show.add_argument("uri", help="dataset root: local path or s3://bucket/prefix")
+    show.add_argument("--out", help="contact sheet PNG (default: URI/contact_sheet.png)")
+    show.add_argument("--all-patients", action="store_true", help="list every patient")
+    show.set_defaults(func=cmd_dataset_show)
+    validate = dsub.add_parser("validate", help="read every page (CRC) and recount vs the manifest")
+    validate.add_argument("uri", help="dataset root: local path or s3://bucket/prefix")
+    validate.set_defaults(func=cmd_dataset_validate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patchray", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep Ray Serve up after the demo until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
 
+    train = sub.add_parser("train", help="train, export and evaluate on an ingested dataset")
+    _config_args(train)
+    train.set_defaults(func=cmd_train)
+
     srv = sub.add_parser("serve", help="serve an exported model with Ray Serve")
     srv.add_argument("model_dir", help="folder with model.xml and metadata.json")
     srv.add_argument("--port", type=int, default=8000)
@@ -97,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the model registry")
     models.add_argument("pattern", nargs="?", default="*")
     models.set_defaults(func=cmd_models)
+
+    _add_data_commands(sub)
     return parser
 
 

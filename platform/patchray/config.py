@@ -67,7 +67,10 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="With use_gpu; < 1 shares a GPU")
+    mixed_precision: bool = Field(
+        False, description="mixed_float16 compute (GPU only); variables and output stay float32"
+    )
     intra_op_threads: int = Field(1, ge=0, description="0 lets TensorFlow decide")
     inter_op_threads: int = Field(1, ge=0)
     max_failures: int = Field(2, ge=0)
@@ -76,6 +79,20 @@ class TrainConfig(_Strict):
         True, description="Keep the decoded validation split in rank 0's memory after epoch 1"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _gpu_settings_agree(self) -> "TrainConfig":
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            raise ValueError(
+                "train.use_gpu is true but train.gpus_per_worker is 0: request a GPU share "
+                "per worker (e.g. 1, or 0.5 for two workers per GPU) or set use_gpu: false"
+            )
+        if self.mixed_precision and not self.use_gpu:
+            raise ValueError(
+                "train.mixed_precision needs train.use_gpu: true (float16 compute is slower "
+                "than float32 on CPUs)"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

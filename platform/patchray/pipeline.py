@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from patchray import __version__, storage
 from patchray.config import DataConfig, PipelineConfig, RayConfig, dump_config
+from patchray.errors import ConfigError
 from patchray.data.ingest import read_manifest, synthetic_records, write_split_dataset
 from patchray.data.transforms import decode_patches, normalise
 from patchray.evaluation.metrics import binary_metrics, choose_threshold
@@ -53,13 +54,20 @@ def init_ray(rc: RayConfig, *, metrics_port: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # S3 endpoint/credential variables go to every worker, or code that opens s3:// URIs
+    # inside a task (replica reports, ...) would talk to AWS instead of the configured store.
+    # They are then visible in the job's runtime_env (dashboard, GCS): on a shared cluster,
+    # prefer node credentials (instance/pod role) and leave AWS_* keys unset on the driver.
     kwargs: dict[str, Any] = {
-        "runtime_env": {"env_vars": {**LEGACY_KERAS_ENV, **QUIET_ENV}},
+        "runtime_env": {"env_vars": {**LEGACY_KERAS_ENV, **QUIET_ENV, **storage.s3_env()}},
         "include_dashboard": False,
     }
     if rc.address:
         kwargs["address"] = rc.address
     else:
+        # "local", not None: with None, ray.init joins whatever RAY_ADDRESS or the last
+        # `ray start` points at (e.g. another job's cluster on this machine) instead.
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = rc.num_cpus
         if rc.object_store_memory_mb:
             kwargs["object_store_memory"] = rc.object_store_memory_mb * 1024 * 1024
@@ -151,7 +159,8 @@ def export_and_evaluate(
     metrics = {
         "val": binary_metrics(y_val, p_val, threshold).to_dict(),
         "test": binary_metrics(y_test, p_test, threshold).to_dict(),
-        "best_epoch": max(history, key=lambda m: m["val_auc"])["epoch"] if history else None,
+        # The epoch of the checkpoint exported (Ray Train's best by val AUC, not the last).
+        "best_epoch": _checkpoint_epoch(checkpoint_dir),
         "history": history,
     }
     rule = {"rule": cfg.eval.threshold_rule, "min_sensitivity": cfg.eval.min_sensitivity,
@@ -168,6 +177,12 @@ def export_and_evaluate(
     summary = {k: metrics[k] for k in ("val", "test")}
     write_metadata(model_dir, _metadata(cfg, name, exported, threshold, rule, summary))
     return model_dir, metrics
+
+
+def _checkpoint_epoch(checkpoint_dir: str) -> int:
+    from patchray.training.loop import CHECKPOINT_META
+
+    return json.loads((Path(checkpoint_dir) / CHECKPOINT_META).read_text())["epoch"]
 
 
 def _metadata(cfg: PipelineConfig, name: str, exported: Any, threshold: float,
@@ -226,6 +241,63 @@ def query_service(base_url: str, rows: list[dict[str, Any]]) -> list[dict[str, A
         return list(pool.map(post, rows))
 
 
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class TrainJobResult:
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+
+
+def run_train_job(cfg: PipelineConfig, *, log: Log = _say) -> TrainJobResult:
+    """Train on an ingested dataset, export, evaluate and write the report.
+
+    The run directory is ``<runs_root>/<name>``. Submitting the same job again after a
+    crash finds the run's checkpoints there and resumes after the latest one; submitting a
+    finished run again trains nothing and only re-exports and re-evaluates its best
+    checkpoint. A ``synthetic`` dataset missing at ``data.root`` is generated first.
+    """
+    import ray
+
+    from patchray.training.trainer import run_training
+
+    if not cfg.data.root:
+        raise ConfigError(
+            "data.root is required for `patchray train`: point it at an ingested dataset "
+            "(patchray ingest ... --out URI), or run `patchray demo` to make one"
+        )
+    run_dir = (Path(cfg.runs_root) / cfg.name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    log(f"run directory: {run_dir}")
+    init_ray(cfg.ray)
+    try:
+        if cfg.dataset == "synthetic" and not storage.exists(
+            storage.join(cfg.data.root, "manifest.json")
+        ):
+            make_synthetic_dataset(cfg.data, cfg.data.root, log)
+        outcome = run_training(cfg, data_root=cfg.data.root, storage_root=str(run_dir),
+                               run_name="train", local_dir=str(run_dir), log=log)
+        model_dir, metrics = export_and_evaluate(
+            cfg, checkpoint_dir=outcome.best_checkpoint_dir, data_root=cfg.data.root,
+            model_root=str(run_dir / "model"), report_dir=str(run_dir / "report"),
+            history=outcome.history, log=log)
+        _log_test_metrics(log, metrics)
+        log(f"report: {run_dir / 'report'}; model: {model_dir}")
+        return TrainJobResult(run_dir, model_dir, metrics)
+    finally:
+        ray.shutdown()
+
+
+def _log_test_metrics(log: Log, metrics: dict[str, Any]) -> None:
+    test, rule = metrics["test"], metrics["threshold"]
+    log(f"TEST AUC {test['auc']:.4f}  sensitivity {test['sensitivity']:.3f}  "
+        f"specificity {test['specificity']:.3f}  at threshold {rule['value']:.4f} "
+        f"(rule '{rule['rule']}' on val, min_sensitivity {rule['min_sensitivity']})")
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -272,7 +344,7 @@ def run_demo(cfg: PipelineConfig, *, run_dir: Path | None = None, log: Log = _sa
         from patchray.training.trainer import run_training
 
         outcome = run_training(cfg, data_root=data_root, storage_root=str(run_dir),
-                               run_name="train", local_dir=str(run_dir))
+                               run_name="train", local_dir=str(run_dir), log=log)
         lap("train")
 
         log("stage 3/5: export to OpenVINO IR and evaluate on val/test with it")
@@ -280,10 +352,7 @@ def run_demo(cfg: PipelineConfig, *, run_dir: Path | None = None, log: Log = _sa
             cfg, checkpoint_dir=outcome.best_checkpoint_dir, data_root=data_root,
             model_root=str(run_dir / "model"), report_dir=str(run_dir / "report"),
             history=outcome.history, log=log)
-        test, rule = metrics["test"], metrics["threshold"]
-        log(f"TEST AUC {test['auc']:.4f}  sensitivity {test['sensitivity']:.3f}  "
-            f"specificity {test['specificity']:.3f}  at threshold {rule['value']:.4f} "
-            f"(rule '{rule['rule']}' on val, min_sensitivity {rule['min_sensitivity']})")
+        _log_test_metrics(log, metrics)
         lap("export_evaluate")
 
         log("stage 4/5: serve the OpenVINO model with Ray Serve")

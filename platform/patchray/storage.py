@@ -1,13 +1,33 @@
 """Storage URIs: a local path or ``s3://bucket/prefix`` resolved to a pyarrow filesystem.
 
-S3-compatible stores (MinIO, Ceph, moto) are reached with ``PATCHRAY_S3_ENDPOINT`` (or the
-AWS SDK's ``AWS_ENDPOINT_URL``); credentials come from the usual AWS environment variables.
+Every dataset, run and artifact location in patchray is one string, read and written through
+this module, so the same job runs against a laptop folder or an object store::
+
+    fs, path = storage.resolve("s3://patchray-data/idc")     # pyarrow FileSystem + path
+    storage.write_json("s3://patchray-runs/r1/info.json", {...})
+    storage.list_files("s3://patchray-data/idc/train", ".parquet")
+
+S3-compatible stores (MinIO, Ceph, moto) are reached through an endpoint override:
+``PATCHRAY_S3_ENDPOINT`` (e.g. ``http://127.0.0.1:9000``), else the AWS SDK's
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. Credentials are ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN`` when set, otherwise the AWS SDK's own
+chain (profile, instance or pod role); the region is ``AWS_DEFAULT_REGION`` / ``AWS_REGION``.
+Buckets are never created implicitly: a typo in a bucket name is an error, not a new bucket.
+
+Failures of the store (missing bucket, refused credentials, unreachable endpoint) raise
+:class:`~patchray.errors.StorageError` naming the URI, the endpoint and what to check.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,26 +35,116 @@ import pyarrow.fs as pafs
 
 from patchray.errors import StorageError
 
+ENDPOINT_ENV = ("PATCHRAY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+REGION_ENV = ("AWS_DEFAULT_REGION", "AWS_REGION")
+# Every variable that decides where s3:// URIs go; Ray processes need the same values.
+S3_ENV = (*ENDPOINT_ENV, *CREDENTIAL_ENV, *REGION_ENV)
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where ``s3://`` URIs go, read from the environment by :func:`s3_settings`."""
+
+    endpoint: str | None  # full URL of an S3-compatible store; None means AWS itself
+    region: str | None  # None: let the AWS SDK decide (profile, instance metadata)
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+
+    def describe_endpoint(self) -> str:
+        return self.endpoint or "AWS S3 (no PATCHRAY_S3_ENDPOINT / AWS_ENDPOINT_URL set)"
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
 def s3_endpoint() -> str | None:
-    return os.environ.get("PATCHRAY_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    """The endpoint URL override, or None for AWS itself."""
+    for name in ENDPOINT_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def s3_settings() -> S3Settings:
+    """Read (and check) the S3 settings from the environment."""
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise StorageError(
+                f"S3 endpoint {endpoint!r} is not a URL: set PATCHRAY_S3_ENDPOINT to "
+                "scheme://host:port, e.g. http://127.0.0.1:9000 or https://minio.example.org"
+            )
+        if parsed.path not in ("", "/"):
+            raise StorageError(
+                f"S3 endpoint {endpoint!r} has a path ({parsed.path!r}); S3 clients need the "
+                "bare scheme://host:port and address buckets themselves"
+            )
+    key, secret, token = (os.environ.get(n) or None for n in CREDENTIAL_ENV)
+    if bool(key) != bool(secret):
+        have, missing = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if key
+                         else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+        raise StorageError(f"{have} is set but {missing} is not: set both, or neither to use "
+                           "the AWS SDK's default credentials (profile, instance role)")
+    region = next((os.environ[n] for n in REGION_ENV if os.environ.get(n)), None)
+    if region is None and endpoint:
+        region = "us-east-1"  # what MinIO, Ceph and moto expect when none is configured
+    return S3Settings(endpoint, region, key, secret, token)
+
+
+def s3_env() -> dict[str, str]:
+    """The S3 variables set in this process, to hand to Ray workers (``runtime_env``)."""
+    return {name: os.environ[name] for name in S3_ENV if os.environ.get(name)}
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """An S3 filesystem honouring the endpoint override (plain HTTP for loopback test stores)."""
-    endpoint = s3_endpoint()
-    kwargs: dict[str, Any] = {
-        "region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
-    }
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "http"
+    """A pyarrow S3 filesystem for the current settings (plain HTTP for loopback stores).
+
+    With an endpoint override pyarrow uses path-style addressing (``host/bucket/key``), which
+    MinIO, Ceph and moto serve without wildcard DNS. The instance is picklable: Ray Data and
+    Ray Train ship it to their workers together with the endpoint and credentials.
+    """
+    return _s3_filesystem(s3_settings())
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(s: S3Settings) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {"allow_bucket_creation": False, "allow_bucket_deletion": False}
+    if s.region:
+        kwargs["region"] = s.region
+    if s.endpoint:
+        parsed = urlparse(s.endpoint)
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    if s.access_key:
+        kwargs.update(access_key=s.access_key, secret_key=s.secret_key)
+        if s.session_token:
+            kwargs["session_token"] = s.session_token
     return pafs.S3FileSystem(**kwargs)
+
+
+def s3fs_filesystem() -> Any:
+    """The same store as an fsspec ``s3fs.S3FileSystem``, for fsspec-only consumers (pandas,
+    ``fsspec.open``). patchray itself and Ray (Data, Train) use :func:`s3_filesystem`."""
+    import s3fs  # imports aiobotocore; only callers that want fsspec pay for it
+
+    s = s3_settings()
+    kwargs: dict[str, Any] = {"client_kwargs": {"region_name": s.region} if s.region else {}}
+    if s.endpoint:
+        kwargs["endpoint_url"] = s.endpoint
+    if s.access_key:
+        kwargs.update(key=s.access_key, secret=s.secret_key, token=s.session_token)
+    return s3fs.S3FileSystem(**kwargs)
+
+
+# --------------------------------------------------------------------------- URIs
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -42,7 +152,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if not uri:
         raise StorageError("empty storage URI; expected a local path or s3://bucket/prefix")
     if uri.startswith("s3://"):
-        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
+        path = uri[len("s3://") :].rstrip("/")
+        if not path or path.startswith("/") or "//" in path:
+            raise StorageError(f"malformed S3 URI {uri!r}: expected s3://bucket/prefix")
+        return s3_filesystem(), path
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     elif "://" in uri:
@@ -50,32 +163,132 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def ray_storage_args(uri: str) -> dict[str, Any]:
+    """``RunConfig`` keyword arguments that store a Ray Train run at ``uri``.
+
+    Remote URIs come with an explicit filesystem: left to itself Ray resolves ``s3://`` with
+    ``pyarrow.fs.FileSystem.from_uri``, which ignores ``PATCHRAY_S3_ENDPOINT`` and would
+    send the checkpoints to AWS instead of the configured store.
+    """
+    if not is_remote(uri):
+        return {"storage_path": uri}
+    fs, path = resolve(uri)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
 def join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+    """Join path parts onto a URI with ``/`` (never the OS separator: S3 keys use ``/``)."""
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts if p.strip("/")]])
+
+
+def _bucket(uri: str) -> str:
+    return uri[len("s3://") :].split("/", 1)[0]
+
+
+# --------------------------------------------------------------------------- errors
+
+# Substrings of pyarrow (AWS SDK for C++) and botocore messages, with what the user should check.
+_DIAGNOSES = (
+    (("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused",
+      "EndpointConnectionError", "Could not resolve host"),
+     "cannot reach the S3 endpoint {endpoint}: check PATCHRAY_S3_ENDPOINT (or "
+     "AWS_ENDPOINT_URL) - scheme, host and port - and that the store is running"),
+    (("NO_SUCH_BUCKET", "NoSuchBucket", "allow_bucket_creation"),
+     "bucket '{bucket}' does not exist at {endpoint}: create it first (patchray never creates "
+     "buckets) or fix the bucket name"),
+    (("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
+      "SignatureDoesNotMatch", "ACCESS_DENIED", "AccessDenied", "EXPIRED_TOKEN", "ExpiredToken",
+      "Forbidden"),
+     "access denied by {endpoint}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and "
+     "AWS_SESSION_TOKEN for temporary credentials) and that they may use bucket '{bucket}'"),
+)
+
+
+def _diagnose(exc: BaseException, uri: str, action: str) -> StorageError:
+    text = f"{type(exc).__name__}: {exc}"
+    if is_remote(uri):
+        s = s3_settings()
+        for needles, hint in _DIAGNOSES:
+            if any(n in text for n in needles):
+                detail = hint.format(endpoint=s.describe_endpoint(), bucket=_bucket(uri))
+                return StorageError(f"cannot {action} {uri}: {detail} ({text})")
+        return StorageError(f"cannot {action} {uri} at {s.describe_endpoint()}: {text}")
+    return StorageError(f"cannot {action} {uri}: {text}")
+
+
+def _check_bucket(fs: pafs.FileSystem, uri: str, action: str) -> None:
+    """Raise if the bucket of a remote ``uri`` is missing (a HEAD on the bucket)."""
+    if not is_remote(uri):
+        return
+    bucket = _bucket(uri)
+    try:
+        missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError as e:
+        raise _diagnose(e, uri, action) from e
+    if missing:
+        raise StorageError(f"cannot {action} {uri}: " + _DIAGNOSES[1][1].format(
+            endpoint=s3_settings().describe_endpoint(), bucket=bucket))
+
+
+@contextmanager
+def _translated(fs: pafs.FileSystem, uri: str, action: str) -> Iterator[None]:
+    """Turn pyarrow/OS errors into StorageError; a missing object in a missing bucket is
+    reported as the missing bucket, the more useful of the two."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        _check_bucket(fs, uri, action)
+        raise StorageError(f"cannot {action} {uri}: not found") from e
+    except OSError as e:
+        raise _diagnose(e, uri, action) from e
+
+
+def check_access(uri: str) -> None:
+    """Fail fast, before a long job, if ``uri`` cannot be reached: missing bucket, refused
+    credentials or unreachable endpoint (remote), or an existing non-directory (local)."""
+    fs, path = resolve(uri)
+    _check_bucket(fs, uri, "access")
+    with _translated(fs, uri, "access"):
+        info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise StorageError(f"{uri} is a file; expected a directory or prefix")
+
+
+# --------------------------------------------------------------------------- objects
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object; local writes go through a temporary file and a rename."""
+    """Write a whole object atomically: readers see the old content or the new, never part.
+
+    Local writes go through a temporary file in the same directory and a rename; an S3 PUT
+    (or completed multipart upload) is atomic by itself.
+    """
     fs, path = resolve(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        fs.move(tmp, path)
-    else:  # an S3 PUT is atomic: readers see the old object or the new one
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+    with _translated(fs, uri, "write"):
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+            try:
+                with fs.open_output_stream(tmp) as f:
+                    f.write(data)
+                fs.move(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            # No create_dir: S3 has no directories, and pyarrow would PUT empty "dir/" marker
+            # objects that other S3 clients list as entries.
+            with fs.open_output_stream(path) as f:
+                f.write(data)
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    try:
+    with _translated(fs, uri, "read"):
         with fs.open_input_stream(path) as f:
             return f.read()
-    except FileNotFoundError as e:
-        raise StorageError(f"{uri}: not found") from e
 
 
 def write_json(uri: str, obj: Any) -> None:
@@ -91,5 +304,68 @@ def read_json(uri: str) -> Any:
 
 
 def exists(uri: str) -> bool:
+    """Whether a file or directory exists at ``uri``. A missing bucket is an error, not False:
+    otherwise a typo in the bucket name reads as "no dataset here yet"."""
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    with _translated(fs, uri, "check"):
+        found = fs.get_file_info(path).type != pafs.FileType.NotFound
+    if not found:
+        _check_bucket(fs, uri, "check")
+    return found
+
+
+def _files_below(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    return [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Every file below ``uri`` (recursive) whose name ends with ``suffix``, as sorted URIs
+    (``s3://...`` for remote, absolute paths for local). A missing prefix lists as empty;
+    a missing bucket is an error."""
+    fs, path = resolve(uri)
+    with _translated(fs, uri, "list"):
+        infos = _files_below(fs, path)
+    if not infos:
+        _check_bucket(fs, uri, "list")
+    scheme = "s3://" if is_remote(uri) else ""
+    return sorted(scheme + i.path for i in infos if i.path.endswith(suffix))
+
+
+def _copy_file(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    # Streamed in chunks, not pafs.copy_files: that creates "dir/" marker objects on S3.
+    if isinstance(dst_fs, pafs.LocalFileSystem):
+        dst_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+    with src_fs.open_input_stream(src) as fin, dst_fs.open_output_stream(dst) as fout:
+        while chunk := fin.read(COPY_CHUNK_BYTES):
+            fout.write(chunk)
+
+
+def upload_dir(local: str | os.PathLike[str], uri: str) -> list[str]:
+    """Copy a local directory tree to ``uri`` (e.g. an exported model); return the URIs
+    written. Each object is written atomically; the tree as a whole is not."""
+    src = Path(local).resolve()
+    if not src.is_dir():
+        raise StorageError(f"cannot upload {src}: not a directory")
+    rels = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    fs, path = resolve(uri)
+    _check_bucket(fs, uri, "upload to")
+    with _translated(fs, uri, "upload to"):
+        for rel in rels:
+            _copy_file(pafs.LocalFileSystem(), str(src / rel), fs, f"{path}/{rel}")
+    return [join(uri, rel) for rel in rels]
+
+
+def download_dir(uri: str, local: str | os.PathLike[str]) -> Path:
+    """Copy every file below ``uri`` into the local directory ``local``; return its path."""
+    target = Path(local).resolve()
+    fs, path = resolve(uri)
+    with _translated(fs, uri, "download"):
+        infos = _files_below(fs, path)
+        if not infos:
+            _check_bucket(fs, uri, "download")
+            raise StorageError(f"cannot download {uri}: no files there")
+        for i in infos:
+            dest = target / i.path[len(path) :].lstrip("/")
+            _copy_file(fs, i.path, pafs.LocalFileSystem(), str(dest))
+    return target

@@ -12,30 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import free_port
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def demo(ray_cluster, tmp_path_factory, metrics_port):
-    from patchray.config import load_config
-    from patchray.pipeline import run_demo
-
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config(
-        overrides=[
-            f"runs_root={runs}",
-            "data.synthetic.num_patients=6",
-            "data.synthetic.patches_per_patient=120",
-            "train.epochs=3",
-            "train.batch_size=16",
-            f"serve.port={free_port()}",
-            f"serve.metrics_port={metrics_port}",
-            "serve.demo_requests=8",
-        ]
-    )
-    return run_demo(cfg, shutdown=False)
 
 
 def _png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -44,18 +21,18 @@ def _png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def test_run_directory_holds_every_stage_output(demo):
-    run = demo.run_dir
+def test_run_directory_holds_every_stage_output(demo_run):
+    run = demo_run.run_dir
     for rel in ["config.yaml", "data/manifest.json", "best_checkpoint/meta.json",
                 "report/metrics.json", "report/test_roc.png", "report/test_pr.png",
                 "report/test_confusion.png", "report/learning_curves.png",
                 "demo_predictions.json", "timings.json"]:
         assert (run / rel).is_file(), rel
-    assert (demo.model_dir / "model.xml").is_file() and (demo.model_dir / "metadata.json").is_file()
+    assert (demo_run.model_dir / "model.xml").is_file() and (demo_run.model_dir / "metadata.json").is_file()
 
 
-def test_training_reports_every_epoch_and_test_metrics(demo):
-    metrics = json.loads((demo.run_dir / "report" / "metrics.json").read_text())
+def test_training_reports_every_epoch_and_test_metrics(demo_run):
+    metrics = json.loads((demo_run.run_dir / "report" / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
     assert all(0.0 <= h["val_auc"] <= 1.0 for h in metrics["history"])
     test = metrics["test"]
@@ -65,29 +42,29 @@ def test_training_reports_every_epoch_and_test_metrics(demo):
     assert metrics["threshold"]["rule"] == "sensitivity"
 
 
-def test_gradients_are_all_reduced_so_replicas_end_identical(demo):
-    replica_dir = demo.run_dir / "train" / "replicas"
+def test_gradients_are_all_reduced_so_replicas_end_identical(demo_run):
+    replica_dir = demo_run.run_dir / "train" / "replicas"
     reports = [json.loads(p.read_text()) for p in sorted(replica_dir.glob("rank*.json"))]
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["trainable_weights_sha256"] == reports[1]["trainable_weights_sha256"]
 
 
-def test_openvino_matches_keras(demo):
-    meta = json.loads((demo.model_dir / "metadata.json").read_text())
+def test_openvino_matches_keras(demo_run):
+    meta = json.loads((demo_run.model_dir / "metadata.json").read_text())
     assert meta["parity"]["keras_vs_openvino_max_abs_diff"] < 1e-4
     assert meta["input"]["size"] == 50 and meta["input"]["scale"] == pytest.approx(1 / 255)
 
 
-def test_served_answers_match_direct_openvino_inference(demo):
+def test_served_answers_match_direct_openvino_inference(demo_run):
     from patchray.serving.predictor import PatchPredictor
 
-    rows = demo.predictions
+    rows = demo_run.predictions
     assert len(rows) == 8
-    predictor = PatchPredictor(demo.model_dir)
+    predictor = PatchPredictor(demo_run.model_dir)
     from patchray.pipeline import read_patch_rows
 
     lookup = {(r["patient_id"], r["x"], r["y"]): r["image"]
-              for r in read_patch_rows(str(demo.run_dir / "data"), "test", 10_000)}
+              for r in read_patch_rows(str(demo_run.run_dir / "data"), "test", 10_000)}
     direct = predictor.predict_images([lookup[(a["patient_id"], a["x"], a["y"])] for a in rows])
     served = np.array([a["probability"] for a in rows])
     np.testing.assert_allclose(served, direct, atol=1e-5)
@@ -97,8 +74,8 @@ def test_served_answers_match_direct_openvino_inference(demo):
         assert a["model_version"] == "1"
 
 
-def test_http_accepts_jpeg_and_edge_patches(demo):
-    url = f"{demo.service_url}/v1/predict"
+def test_http_accepts_jpeg_and_edge_patches(demo_run):
+    url = f"{demo_run.service_url}/v1/predict"
     tissue = np.random.default_rng(0).integers(100, 230, (50, 50, 3), dtype=np.uint8)
     for body, ctype in [(_png(tissue), "image/png"), (_png(tissue, "JPEG"), "image/jpeg"),
                         (_png(tissue[:32]), "image/png")]:
@@ -107,8 +84,8 @@ def test_http_accepts_jpeg_and_edge_patches(demo):
         assert 0.0 <= r.json()["probability"] <= 1.0
 
 
-def test_http_rejects_bad_input_with_a_clear_message(demo):
-    url = f"{demo.service_url}/v1/predict"
+def test_http_rejects_bad_input_with_a_clear_message(demo_run):
+    url = f"{demo_run.service_url}/v1/predict"
     r = requests.post(url, data=b"definitely not a png", headers={"Content-Type": "image/png"},
                       timeout=30)
     assert r.status_code == 400 and "not a readable PNG/JPEG" in r.json()["error"]
@@ -118,15 +95,15 @@ def test_http_rejects_bad_input_with_a_clear_message(demo):
     assert r.status_code == 400
 
 
-def test_health_and_model_endpoints(demo):
-    r = requests.get(f"{demo.service_url}/healthz", timeout=30)
+def test_health_and_model_endpoints(demo_run):
+    r = requests.get(f"{demo_run.service_url}/healthz", timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "ok"
-    meta = requests.get(f"{demo.service_url}/v1/model", timeout=30).json()
-    assert meta["threshold"] == pytest.approx(demo.metrics["threshold"]["value"])
-    assert meta["metrics"]["test"]["auc"] == pytest.approx(demo.metrics["test"]["auc"])
+    meta = requests.get(f"{demo_run.service_url}/v1/model", timeout=30).json()
+    assert meta["threshold"] == pytest.approx(demo_run.metrics["threshold"]["value"])
+    assert meta["metrics"]["test"]["auc"] == pytest.approx(demo_run.metrics["test"]["auc"])
 
 
-def test_prometheus_endpoint_exports_prediction_counters(demo, metrics_port):
+def test_prometheus_endpoint_exports_prediction_counters(demo_run, metrics_port):
     deadline = time.time() + 90  # Ray's metrics agent exports on a ~10 s cycle
     text = ""
     while time.time() < deadline:

@@ -2,12 +2,16 @@ import numpy as np
 import pytest
 
 from patchray.data.records import encode_png
+from patchray.errors import DataError
 from patchray.data.transforms import (
     BRIGHTNESS_MAX,
+    apply_augment,
     augment,
     class_weights,
     decode_patches,
+    draw_augment_params,
     fit_to_size,
+    hue_rotation,
     normalise,
     prepare_training_batch,
 )
@@ -70,3 +74,40 @@ def test_prepare_training_batch_outputs_model_inputs():
     assert out["x"].shape == (4, 50, 50, 3)
     np.testing.assert_allclose(out["w"], [0.5, 2.0, 0.5, 2.0])
     np.testing.assert_allclose(out["x"][0, 0, 0], [200 / 255] * 3, rtol=1e-6)
+
+
+def test_raw_patches_decode_to_the_same_pixels_as_png():
+    rng = np.random.default_rng(3)
+    pixels = [rng.integers(0, 256, (50, 50, 3), dtype=np.uint8),
+              rng.integers(0, 256, (32, 50, 3), dtype=np.uint8)]
+    png = decode_patches([encode_png(p) for p in pixels], 50)
+    raw = decode_patches([p.tobytes() for p in pixels], 50, encoding="raw",
+                         heights=[50, 32], widths=[50, 50])
+    np.testing.assert_array_equal(raw, png)
+    full = decode_patches([pixels[0].tobytes()] * 3, 50, encoding="raw")
+    assert full.shape == (3, 50, 50, 3) and full.flags.writeable
+    np.testing.assert_array_equal(full[2], pixels[0])
+
+
+def test_raw_patches_of_the_wrong_length_are_refused():
+    with pytest.raises(DataError, match="batch item 1: .* expected 50x50x3"):
+        decode_patches([bytes(7500), bytes(100)], 50, encoding="raw")
+    with pytest.raises(DataError, match="unknown patch encoding"):
+        decode_patches([bytes(7500)], 50, encoding="jpeg2000")
+
+
+def test_augment_of_uint8_pixels_equals_augment_of_normalised_floats():
+    pixels = np.random.default_rng(4).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    params = draw_augment_params(8, np.random.default_rng(5))
+    np.testing.assert_allclose(apply_augment(pixels, params),
+                               apply_augment(normalise(pixels), params), atol=1e-6)
+
+
+def test_hue_rotation_keeps_greys_and_turns_a_full_circle():
+    m = hue_rotation(np.array([0.0, 0.04, 1.0]))
+    np.testing.assert_allclose(m @ np.ones(3), np.ones((3, 3)), atol=1e-12)
+    np.testing.assert_allclose(m[0], np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(m[2], np.eye(3), atol=1e-12)
+    # Pure red turned by +0.04 of the circle moves towards yellow (HSV hue increases).
+    r, g, b = m[1] @ np.array([1.0, 0.0, 0.0])
+    assert g > 0 and b < 1e-2

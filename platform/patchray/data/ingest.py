@@ -3,59 +3,161 @@
 Layout under ``root`` (local path or ``s3://``)::
 
     root/train/part-00000.parquet ...   rows of PATCH_SCHEMA
-    root/val/...  root/test/...
+    root/val/...  root/test/...  root/unlabelled/... (label-free ingests only)
+    root/ingest_report.json, .csv       what was rejected and why (ingest_source only)
     root/manifest.json                  schema version, counts, content hash
 
-Files are named by their position, so writing the same records twice gives the same files;
-the manifest is written last, so a reader never trusts a half-written dataset.
+Files are named by their position in a deterministic order, so writing the same records
+twice gives the same bytes; each file appears whole (temp name, then rename; an S3 PUT is
+atomic), the old manifest is removed first and the new one written last, so a reader never
+trusts a half-written dataset and a killed run is finished by running it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from patchray import storage
-from patchray.data.records import PATCH_SCHEMA, SCHEMA_VERSION, SPLITS, encode_png, pixel_sha256
-from patchray.data.splits import assign_patient_splits, check_patient_disjoint
-from patchray.errors import DataError
+from patchray.data.records import (
+    ALL_SPLITS, PATCH_SCHEMA, SCHEMA_VERSION, SPLITS, UNLABELLED, encode_png, pixel_sha256,
+)
+from patchray.data.report import REPORT_JSON, IngestReport
+from patchray.data.sources import Candidate, PatchSource
+from patchray.data.splits import (
+    assign_patient_splits, check_patient_disjoint, check_split_map, count_patients,
+)
+from patchray.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
 ROW_GROUP_ROWS = 512  # ~1-2 MB of 50x50 PNGs: small enough to stream, large enough to scan
+DEFAULT_CLASS_NAMES = {"0": "benign", "1": "tumour"}
+
+
+def patch_record(
+    pixels: np.ndarray, *, label: int | None, patient_id: str, slide_id: str, x: int, y: int,
+    source: str, sha256: str | None = None,
+) -> dict[str, Any]:
+    """One PATCH_SCHEMA row: the pixels re-encoded as PNG, so every store holds one format."""
+    h, w = pixels.shape[:2]
+    return {
+        "image": encode_png(pixels),
+        "label": None if label is None else int(label),
+        "patient_id": patient_id,
+        "slide_id": slide_id,
+        "x": int(x),
+        "y": int(y),
+        "height": int(h),
+        "width": int(w),
+        "source": source,
+        "sha256": sha256 or pixel_sha256(pixels),
+    }
 
 
 def synthetic_records(patches: Iterable[Any], *, source: str = "synthetic") -> Iterable[dict]:
     """Turn :class:`patchray.data.synthetic.SyntheticPatch` objects into patch records."""
     for p in patches:
-        h, w = p.pixels.shape[:2]
-        yield {
-            "image": encode_png(p.pixels),
-            "label": int(p.label),
-            "patient_id": p.patient_id,
-            "slide_id": p.patient_id,
-            "x": int(p.x),
-            "y": int(p.y),
-            "height": int(h),
-            "width": int(w),
-            "source": source,
-            "sha256": pixel_sha256(p.pixels),
-        }
+        yield patch_record(p.pixels, label=p.label, patient_id=p.patient_id,
+                           slide_id=p.patient_id, x=p.x, y=p.y, source=source)
+
+
+def label_key(label: int | None) -> str:
+    """The manifest's key for a label: "0", "1", or "null" for unlabelled patches."""
+    return "null" if label is None else str(int(label))
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def _write_table(rows: list[dict], uri: str) -> None:
+    """Write one Parquet file whole: readers see all of it or none of it."""
     table = pa.Table.from_pylist(rows, schema=PATCH_SCHEMA)
-    fs, path = storage.resolve(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = path + ".inprogress"  # Ray Data ignores non-.parquet names, so readers skip it
-    pq.write_table(
-        table, tmp, filesystem=fs, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True
-    )
-    fs.move(tmp, path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
+    storage.write_bytes(uri, buf.getvalue().to_pybytes())
+
+
+class SplitWriter:
+    """Streams one split's records into ``part-NNNNN.parquet`` files of ``rows_per_file``
+    rows, so at most one file's worth of patches is in memory."""
+
+    def __init__(self, root: str, split: str, rows_per_file: int, digest: Any) -> None:
+        self.root, self.split, self.rows_per_file, self.digest = root, split, rows_per_file, digest
+        self.buffer: list[dict] = []
+        self.files: list[str] = []
+        self.labels: Counter[str] = Counter()
+        self.patients: Counter[str] = Counter()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.buffer.append(record)
+        self.labels[label_key(record["label"])] += 1
+        self.patients[record["patient_id"]] += 1
+        self.digest.update(record["sha256"].encode())
+        if len(self.buffer) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            name = f"{self.split}/part-{len(self.files):05d}.parquet"
+            _write_table(self.buffer, storage.join(self.root, name))
+            self.files.append(name)
+            self.buffer = []
+
+    def finish(self) -> dict[str, Any]:
+        """Flush the last file; return the split's manifest entry."""
+        self.flush()
+        return {
+            "files": list(self.files),
+            "rows": sum(self.patients.values()),
+            "labels": dict(sorted(self.labels.items())),
+            "patients": dict(sorted(self.patients.items())),
+        }
+
+
+def begin_dataset(root: str) -> None:
+    """Remove the old manifest first: until the new one exists, the dataset is unfinished."""
+    fs, path = storage.resolve(storage.join(root, MANIFEST))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_file(path)
+
+
+def remove_stale_parts(root: str, keep: Iterable[str]) -> list[str]:
+    """Delete part files (and temp files of a killed run) this write did not produce.
+
+    A reader of a split folder must find exactly the manifest's files, also when an earlier
+    run with other settings wrote more of them."""
+    keep = set(keep)
+    fs, base = storage.resolve(root)
+    removed = []
+    for split in ALL_SPLITS:
+        selector = pafs.FileSelector(f"{base}/{split}", allow_not_found=True)
+        for info in fs.get_file_info(selector):
+            name = f"{split}/{info.base_name}"
+            is_part = info.type == pafs.FileType.File and info.base_name.startswith("part-")
+            if is_part and name not in keep:
+                fs.delete_file(info.path)
+                removed.append(name)
+    return removed
+
+
+def finish_dataset(
+    root: str, splits: Mapping[str, dict[str, Any]], manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Check patients are disjoint, drop stale files, and write the manifest last."""
+    check_patient_disjoint({s: set(v["patients"]) for s, v in splits.items()})
+    remove_stale_parts(root, [f for v in splits.values() for f in v["files"]])
+    manifest = {"schema_version": SCHEMA_VERSION, "splits": dict(splits), **manifest}
+    storage.write_json(storage.join(root, MANIFEST), manifest)
+    return manifest
 
 
 def write_split_dataset(
@@ -70,50 +172,160 @@ def write_split_dataset(
 ) -> dict[str, Any]:
     """Split ``records`` by patient and write them under ``root``; return the manifest.
 
-    Records are held in memory per split; sources too large for that stream through
-    ``patchray ingest`` instead.
+    Records are held in memory; sources too large for that stream through
+    :func:`ingest_source` (``patchray ingest``) instead.
     """
     rows = list(records)
     if not rows:
         raise DataError(f"no patch records to write to {root}")
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for r in rows:
-        counts[r["patient_id"]][0] += 1
-        counts[r["patient_id"]][1] += int(r["label"] == 1)
     split_of = assign_patient_splits(
-        {p: (n, pos) for p, (n, pos) in counts.items()}, train=train, val=val, seed=seed
+        count_patients((r["patient_id"], r["label"]) for r in rows), train=train, val=val, seed=seed
     )
-    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for r in rows:
-        by_split[split_of[r["patient_id"]]].append(r)
-    check_patient_disjoint({s: {r["patient_id"] for r in rs} for s, rs in by_split.items()})
-
+    rows.sort(key=lambda r: (SPLITS.index(split_of[r["patient_id"]]), r["patient_id"],
+                             r["y"], r["x"], r["sha256"]))
+    begin_dataset(root)
     digest = hashlib.sha256()
-    manifest_splits: dict[str, Any] = {}
-    for split, split_rows in by_split.items():
-        split_rows.sort(key=lambda r: (r["patient_id"], r["y"], r["x"], r["sha256"]))
-        files = []
-        for i in range(0, len(split_rows), rows_per_file):
-            name = f"{split}/part-{i // rows_per_file:05d}.parquet"
-            _write_table(split_rows[i : i + rows_per_file], storage.join(root, name))
-            files.append(name)
-        for r in split_rows:
-            digest.update(r["sha256"].encode())
-        manifest_splits[split] = {
-            "files": files,
-            "rows": len(split_rows),
-            "labels": dict(sorted(Counter(str(r["label"]) for r in split_rows).items())),
-            "patients": dict(sorted(Counter(r["patient_id"] for r in split_rows).items())),
-        }
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "splits": manifest_splits,
+    writers = {s: SplitWriter(root, s, rows_per_file, digest) for s in SPLITS}
+    for r in rows:
+        writers[split_of[r["patient_id"]]].add(r)
+    splits = {s: w.finish() for s, w in writers.items()}
+    return finish_dataset(root, splits, {
         "split_rule": {"by": "patient", "train": train, "val": val, "seed": seed},
         "content_sha256": digest.hexdigest(),
+        "class_names": DEFAULT_CLASS_NAMES,
         **(extra_manifest or {}),
-    }
-    storage.write_json(storage.join(root, MANIFEST), manifest)
-    return manifest
+    })
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    manifest: dict[str, Any]
+    report: IngestReport
+
+
+def choose_splits(
+    candidates: list[Candidate],
+    *,
+    official: bool,
+    split_map: Mapping[str, str] | None,
+    train: float,
+    val: float,
+    seed: int,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Patient -> split, and the rule that chose it (recorded in the manifest)."""
+    patients = count_patients((c.patient_id, c.label) for c in candidates)
+    if any(c.label is None for c in candidates):
+        if split_map:
+            raise ConfigError("--split-map: unlabelled patches all go to the 'unlabelled' split")
+        return {p: UNLABELLED for p in patients}, {"by": "none", "split": UNLABELLED}
+    if official:
+        if split_map:
+            raise ConfigError("--split-map: this source keeps its official splits")
+        return {c.patient_id: str(c.split) for c in candidates}, {"by": "official"}
+    if split_map:
+        check_split_map(split_map, set(patients))
+        return dict(split_map), {"by": "explicit", "patients": dict(sorted(split_map.items()))}
+    if len(patients) < 3:
+        raise DataError(
+            f"{len(patients)} patient(s) ({', '.join(sorted(patients))}) cannot be split into "
+            "train/val/test by patient; assign them yourself with --split-map "
+            "PATIENT=train|val|test,... (e.g. --split-map "
+            + ",".join(f"{p}={s}" for p, s in zip(sorted(patients), SPLITS)) + ")"
+        )
+    split_of = assign_patient_splits(patients, train=train, val=val, seed=seed)
+    return split_of, {"by": "patient", "train": train, "val": val, "seed": seed}
+
+
+def count_undersized(
+    sizes: Counter[tuple[int, int]], nominal: tuple[int, int] | None
+) -> tuple[int, tuple[int, int] | None]:
+    """Patches smaller than the source's full patch size (the most common size if unknown)."""
+    if nominal is None and sizes:
+        nominal = sizes.most_common(1)[0][0]
+    if nominal is None:
+        return 0, None
+    return sum(n for (h, w), n in sizes.items() if h < nominal[0] or w < nominal[1]), nominal
+
+
+def ingest_source(
+    source: PatchSource,
+    root: str,
+    *,
+    train: float = 0.6,
+    val: float = 0.2,
+    seed: int = 0,
+    rows_per_file: int = 2000,
+    split_map: Mapping[str, str] | None = None,
+) -> IngestResult:
+    """Stream ``source`` into a split Parquet dataset at ``root``; return manifest and report.
+
+    First pass: list candidates and assign patients to splits. Second pass: decode each
+    candidate in (split, patient, y, x) order, refuse bad or duplicate pixels with a reason,
+    and stream records to per-split writers. Running it again gives the same bytes.
+    """
+    scan = source.scan()
+    report = IngestReport(rejected=list(scan.rejected), ignored=list(scan.ignored))
+    report.seen = len(scan.candidates) + len(scan.rejected)
+    if not scan.candidates:  # nothing written: an existing dataset at root stays as it was
+        examples = "".join(f"\n  {f}: {r}" for f, r in scan.rejected[:5])
+        found = f"{report.seen} inputs, all rejected" if report.seen else "no patch files found"
+        raise DataError(
+            f"{source.root}: nothing to ingest ({found}) - is it a `{source.kind}` source?"
+            + examples
+        )
+    split_of, rule = choose_splits(scan.candidates, official=source.official_splits,
+                                   split_map=split_map, train=train, val=val, seed=seed)
+    ordered = sorted(
+        (dataclasses.replace(c, split=split_of[c.patient_id]) for c in scan.candidates),
+        key=lambda c: (ALL_SPLITS.index(c.split), c.patient_id, c.y, c.x, c.index, c.source),
+    )
+    del scan
+
+    begin_dataset(root)
+    digest = hashlib.sha256()
+    writers = {s: SplitWriter(root, s, rows_per_file, digest) for s in ALL_SPLITS}
+    first_of: dict[str, str] = {}  # pixel hash -> source that wrote it
+    sizes: Counter[tuple[int, int]] = Counter()
+    for cand, pixels, reason in source.read_pixels(ordered):
+        if pixels is None:
+            report.reject(cand.source, str(reason))
+            continue
+        sha = pixel_sha256(pixels)
+        first = first_of.setdefault(sha, cand.source)
+        if first != cand.source:
+            report.reject(cand.source, f"duplicate of {first}")
+            continue
+        sizes[pixels.shape[:2]] += 1
+        writers[str(cand.split)].add(patch_record(
+            pixels, label=cand.label, patient_id=cand.patient_id, slide_id=cand.slide_id,
+            x=cand.x, y=cand.y, source=cand.source, sha256=sha,
+        ))
+    finished = {s: w.finish() for s, w in writers.items()}
+    splits = {s: v for s, v in finished.items() if s in SPLITS or v["rows"]}
+    report.written = sum(v["rows"] for v in splits.values())
+    report.write(root)
+    if report.written == 0:
+        raise DataError(
+            f"{source.root}: every one of {report.seen} inputs was rejected; see "
+            f"{storage.join(root, REPORT_JSON)}"
+        )
+    undersized, nominal = count_undersized(sizes, source.nominal_size)
+    manifest = finish_dataset(root, splits, {
+        "dataset": source.kind,
+        "source": source.describe(),
+        "split_rule": rule,
+        "content_sha256": digest.hexdigest(),
+        "class_names": source.class_names,
+        "counts": report.counts(),
+        "nominal_size": list(nominal) if nominal else None,
+        "undersized_patches": undersized,
+        "patch_sizes": {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())},
+        "report": REPORT_JSON,
+    })
+    return IngestResult(manifest, report)
 
 
 def read_manifest(root: str) -> dict[str, Any]:

@@ -11,23 +11,33 @@ import functools
 from typing import Any
 
 from patchray import storage
+from patchray.data.ingest import read_manifest
 from patchray.data.records import PATCH_SCHEMA
 from patchray.data.transforms import class_weights, prepare_training_batch
+from patchray.errors import DataError
 
 READ_COLUMNS = ["image", "label"]
 
 
 def read_split(root: str, split: str, *, columns: list[str] | None = None) -> Any:
-    """A lazy Ray Dataset over one split (train/val/test) of the dataset at ``root``."""
+    """A lazy Ray Dataset over one split (train/val/test) of the dataset at ``root``.
+
+    Page checksums are not verified here: Ray Data 2.60's default (V2) Parquet reader drops
+    ``arrow_parquet_args`` and sets its own ``fragment_scan_options``, so
+    ``page_checksum_verification`` cannot reach pyarrow. ``patchray dataset validate``
+    verifies every page instead.
+    """
     import ray.data
 
-    fs, path = storage.resolve(storage.join(root, split))
+    # Exactly the files the manifest lists: a stray or half-copied file in the folder must
+    # not leak into training.
+    files = read_manifest(root)["splits"].get(split, {}).get("files", [])
+    if not files:
+        raise DataError(f"{root}: split {split!r} has no files in manifest.json")
+    fs, _ = storage.resolve(root)
+    paths = [storage.resolve(storage.join(root, name))[1] for name in files]
     return ray.data.read_parquet(
-        path,
-        filesystem=fs,
-        columns=columns or READ_COLUMNS,
-        schema=PATCH_SCHEMA,
-        file_extensions=["parquet"],
+        paths, filesystem=fs, columns=columns or READ_COLUMNS, schema=PATCH_SCHEMA
     )
 
 

@@ -1,7 +1,8 @@
 """The patch record: one row of a patchray Parquet dataset, and PNG encode/decode.
 
-A dataset root holds one folder per split (``train/``, ``val/``, ``test/``) of Parquet
-files with :data:`PATCH_SCHEMA`, and a ``manifest.json`` describing it.
+A dataset root holds one folder per split (``train/``, ``val/``, ``test/``, and
+``unlabelled/`` for patches without a label) of Parquet files with :data:`PATCH_SCHEMA`, and a
+``manifest.json`` describing it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from PIL import Image
 from patchray.errors import DataError
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the labelled splits training and evaluation read
+UNLABELLED = "unlabelled"  # label-free patches, kept apart for semi-supervised training
+ALL_SPLITS = (*SPLITS, UNLABELLED)
 
 PATCH_SCHEMA = pa.schema(
     [
@@ -24,7 +27,7 @@ PATCH_SCHEMA = pa.schema(
         pa.field("label", pa.int8(), nullable=True),  # 1 = tumour, 0 = benign, null = unlabelled
         pa.field("patient_id", pa.string(), nullable=False),
         pa.field("slide_id", pa.string(), nullable=False),
-        pa.field("x", pa.int32(), nullable=False),  # top-left pixel in the slide
+        pa.field("x", pa.int32(), nullable=False),  # top-left pixel in the slide; -1 = unknown
         pa.field("y", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),  # native size, before any padding
         pa.field("width", pa.int32(), nullable=False),

@@ -8,12 +8,12 @@ patient's patches, and :func:`check_patient_disjoint` refuses any dataset that d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from patchray.data.records import SPLITS
-from patchray.errors import DataError, SplitLeakError
+from patchray.errors import ConfigError, DataError, SplitLeakError
 
 
 def _split_sizes(n: int, train: float, val: float) -> dict[str, int]:
@@ -25,6 +25,15 @@ def _split_sizes(n: int, train: float, val: float) -> dict[str, int]:
     if n_train < 1:
         raise DataError(f"{n} patients leave none for training with val={val}")
     return {"train": n_train, "val": n_val, "test": n_test}
+
+
+def count_patients(labels: Iterable[tuple[str, int | None]]) -> dict[str, tuple[int, int]]:
+    """(patient, label) pairs -> patient -> (patches, tumour patches), what splitting needs."""
+    counts: dict[str, tuple[int, int]] = {}
+    for patient, label in labels:
+        n, pos = counts.get(patient, (0, 0))
+        counts[patient] = (n + 1, pos + int(label == 1))
+    return counts
 
 
 def assign_patient_splits(
@@ -68,3 +77,34 @@ def check_patient_disjoint(patients_by_split: Mapping[str, set[str]]) -> None:
             "splits are not patient-disjoint; results would leak patients into test:\n  "
             + "\n  ".join(leaks)
         )
+
+
+def parse_split_map(text: str | None) -> dict[str, str]:
+    """``10253=train,8975=val`` -> {"10253": "train", "8975": "val"} (``--split-map``)."""
+    if not text:
+        return {}
+    mapping: dict[str, str] = {}
+    for item in text.split(","):
+        patient, sep, split = (part.strip() for part in item.partition("="))
+        if not sep or not patient or split not in SPLITS:
+            raise ConfigError(
+                f"--split-map item {item!r}: expected PATIENT=train|val|test "
+                "(e.g. --split-map 10253=train,8975=val)"
+            )
+        mapping[patient] = split
+    return mapping
+
+
+def check_split_map(split_map: Mapping[str, str], patients: set[str]) -> None:
+    """An explicit split map must name every patient of the source, and only those."""
+    unmapped = sorted(patients - set(split_map))
+    unknown = sorted(set(split_map) - patients)
+    problems = []
+    if unmapped:
+        problems.append(f"patients without a split: {', '.join(unmapped[:20])}"
+                        + (f" (+{len(unmapped) - 20} more)" if len(unmapped) > 20 else ""))
+    if unknown:
+        problems.append(f"patients not in the source: {', '.join(unknown)}")
+    if problems:
+        raise ConfigError("--split-map must assign every patient of the source exactly: "
+                          + "; ".join(problems))

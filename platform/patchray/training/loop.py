@@ -3,6 +3,12 @@
 Each worker builds the model under ``MultiWorkerMirroredStrategy`` (gradients are
 all-reduced across workers every step), trains one epoch at a time on its Ray Data shard,
 and after each epoch rank 0 scores the full validation split and reports a checkpoint.
+
+A worker group that Ray Train restarts (a worker died, or the driver was restarted with the
+same run name) gets the run's latest checkpoint from ``ray.train.get_checkpoint()`` and
+continues from the epoch after it. The checkpoint's ``meta.json`` carries the history of
+every epoch so far and an ``attempt`` counter, so a resumed run is visible in its outputs.
+
 Everything TensorFlow is imported inside the functions: this module is imported on the
 driver too, which must not pay for (or mis-configure) TensorFlow.
 """
@@ -14,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +30,8 @@ from patchray.evaluation.metrics import binary_metrics
 
 CHECKPOINT_META = "meta.json"
 CHECKPOINT_PREFIX = "ckpt"  # tf.train.Checkpoint files: model weights + optimizer state
+#: Checkpoint meta keys that fix the network; a checkpoint only resumes into the same ones.
+ARCHITECTURE_KEYS = ("model", "model_args", "input_size", "mixed_precision")
 
 
 def weights_digest(weights: list[np.ndarray]) -> str:
@@ -42,10 +51,104 @@ def validation_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, flo
     return {f"val_{k}": m[k] for k in keep}
 
 
-def _configure_threads(tf: Any, intra: int, inter: int) -> None:
+@dataclass
+class Progress:
+    """Where a run stands: what the latest checkpoint recorded, plus this attempt."""
+
+    start_epoch: int = 0  # first epoch this attempt trains (0-based)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch done
+    attempt: int = 1  # 1 + the number of times training resumed from a checkpoint
+    resumes: list[dict[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "Progress":
+        """The progress of an attempt that resumes from the checkpoint described by ``meta``."""
+        attempt = meta.get("attempt", 1) + 1
+        return cls(
+            start_epoch=meta["epoch"] + 1,
+            history=list(meta["history"]),
+            attempt=attempt,
+            resumes=[*meta.get("resumes", []), {"attempt": attempt, "from_epoch": meta["epoch"]}],
+        )
+
+    def meta(self, epoch: int, tf_checkpoint: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The ``meta.json`` of the checkpoint written after ``epoch``."""
+        return {
+            "epoch": epoch,
+            "epochs": config["epochs"],
+            "history": self.history,
+            "attempt": self.attempt,
+            "resumes": self.resumes,
+            "resumed_from_epoch": self.resumes[-1]["from_epoch"] if self.resumes else None,
+            "tf_checkpoint": tf_checkpoint,
+            **{k: config[k] for k in ARCHITECTURE_KEYS},
+        }
+
+
+def _configure_devices(tf: Any, config: dict[str, Any]) -> None:
     # Must run before TensorFlow builds its runtime context (i.e. before the strategy).
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    tf.config.threading.set_intra_op_parallelism_threads(config["intra_op_threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(config["inter_op_threads"])
+    # Ray sets CUDA_VISIBLE_DEVICES to this worker's GPU(s) (the TensorFlow backend does not
+    # share devices across workers), so TensorFlow only sees what Ray assigned. Memory growth
+    # stops TensorFlow from reserving the whole card up front, which matters when workers
+    # share a GPU (gpus_per_worker < 1).
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def _build_model(config: dict[str, Any], keras: Any, strategy: Any) -> Any:
+    """The compiled model, its variables mirrored by ``strategy``."""
+    from patchray.models import create_model
+
+    if config["mixed_precision"]:
+        # float16 compute, float32 variables; the registry keeps the output layer float32 and
+        # compile() wraps the optimizer in a LossScaleOptimizer.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    with strategy.scope():
+        model = create_model(
+            config["model"], input_size=config["input_size"], **config["model_args"]
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=config["learning_rate"]),
+            loss=keras.losses.BinaryCrossentropy(),
+        )
+    return model
+
+
+def architecture_mismatch(meta: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The architecture keys on which a checkpoint's ``meta`` and a loop ``config`` differ.
+
+    Restoring with ``expect_partial`` would silently skip weights that do not match, so a
+    checkpoint must only ever resume into the network it was written from.
+    """
+    return [
+        f"{k}: checkpoint has {meta.get(k, False)!r}, config has {config[k]!r}"
+        for k in ARCHITECTURE_KEYS
+        if meta.get(k, False) != config[k]  # mixed_precision is absent from older checkpoints
+    ]
+
+
+def _restore(tf_checkpoint: Any, checkpoint: Any, config: dict[str, Any], rank: int) -> Progress:
+    """Load ``checkpoint`` (from ``ray.train.get_checkpoint``) into the model; or start fresh."""
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as d:
+        with open(os.path.join(d, CHECKPOINT_META)) as f:
+            meta = json.load(f)
+        mismatch = architecture_mismatch(meta, config)
+        if mismatch:
+            raise ValueError(f"cannot resume from checkpoint {checkpoint.path}: "
+                             + "; ".join(mismatch))
+        tf_checkpoint.restore(os.path.join(d, meta["tf_checkpoint"])).expect_partial()
+    progress = Progress.from_meta(meta)
+    if rank == 0:
+        print(
+            f"[patchray] resuming from epoch {progress.start_epoch}/{config['epochs']} "
+            f"checkpoint (attempt {progress.attempt})",
+            flush=True,
+        )
+    return progress
 
 
 def _shard_to_tf(shard: Any, batch_size: int, size: int, tf: Any) -> Any:
@@ -90,124 +193,127 @@ def _predict_split(
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def _end_of_epoch(
-    metrics: dict[str, Any],
-    rank: int,
-    epochs: int,
-    batch: int,
-    config: dict[str, Any],
-    model: Any,
-    val_shard: Any,
-    tf_checkpoint: Any,
-    history: list[dict[str, Any]],
-    val_cache: dict[str, list[np.ndarray]] | None,
-) -> None:
-    import ray.train
+def _log_epoch(metrics: dict[str, Any], epochs: int) -> None:
+    print(
+        f"[patchray] epoch {metrics['epoch'] + 1}/{epochs}  loss {metrics['loss']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_auc {metrics['val_auc']:.4f}  "
+        f"val_sens {metrics['val_sensitivity']:.3f}  "
+        f"val_spec {metrics['val_specificity']:.3f}  "
+        f"({metrics['train_seconds']:.1f}s train, {metrics['val_seconds']:.1f}s val)",
+        flush=True,
+    )
 
-    epoch = metrics["epoch"]
-    with tempfile.TemporaryDirectory() as tmp:
-        # Every worker writes: reading sync-on-read variables (e.g. BatchNorm statistics)
-        # is a collective. Only rank 0's copy is handed to Ray Train.
-        saved = tf_checkpoint.write(os.path.join(tmp, CHECKPOINT_PREFIX))
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        t0 = time.perf_counter()
-        y, p = _predict_split(model, val_shard, max(batch, 256), val_cache)
-        metrics.update(validation_metrics(y, p))
-        metrics["val_seconds"] = time.perf_counter() - t0
-        history.append(metrics)
-        meta = {
-            "epoch": epoch,
-            "history": history,
-            "tf_checkpoint": os.path.basename(saved),
-            "model": config["model"],
-            "model_args": config["model_args"],
-            "input_size": config["input_size"],
-        }
-        with open(os.path.join(tmp, CHECKPOINT_META), "w") as f:
-            json.dump(meta, f, indent=2)
-        print(
-            f"[patchray] epoch {epoch + 1}/{epochs}  loss {metrics['loss']:.4f}  "
-            f"val_loss {metrics['val_loss']:.4f}  val_auc {metrics['val_auc']:.4f}  "
-            f"val_sens {metrics['val_sensitivity']:.3f}  "
-            f"val_spec {metrics['val_specificity']:.3f}  "
-            f"({metrics['train_seconds']:.1f}s train, {metrics['val_seconds']:.1f}s val)",
-            flush=True,
-        )
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+class _EpochReporter:
+    """Checkpoint, validate (rank 0) and report to Ray Train at the end of every epoch."""
+
+    def __init__(self, config: dict[str, Any], rank: int, model: Any, tf_checkpoint: Any,
+                 val_shard: Any, progress: Progress) -> None:
+        self.config, self.rank, self.model = config, rank, model
+        self.tf_checkpoint, self.val_shard, self.progress = tf_checkpoint, val_shard, progress
+        self.val_cache: dict[str, list[np.ndarray]] | None = {} if config["cache_val"] else None
+        self._local_model: Any = None
+        if rank == 0:
+            from patchray.models import create_model
+
+            # Built now, outside any strategy scope: inside fit (where callbacks run)
+            # variable creation would be mirrored, i.e. a collective the others never join.
+            self._local_model = create_model(
+                config["model"], input_size=config["input_size"], **config["model_args"]
+            )
+
+    def _eval_model(self, weights: list[np.ndarray]) -> Any:
+        """The non-distributed copy of the model, holding ``weights``."""
+        self._local_model.set_weights(weights)
+        return self._local_model
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            # Every worker writes: reading sync-on-read variables (e.g. BatchNorm statistics)
+            # is a collective. Only rank 0's copy is handed to Ray Train.
+            saved = self.tf_checkpoint.write(os.path.join(tmp, CHECKPOINT_PREFIX))
+            # Also a collective on every worker: BatchNorm moving statistics are sync-on-read,
+            # so calling the distributed model on rank 0 alone would all-reduce them with
+            # workers that are not listening (deadlock). Rank 0 scores a local copy instead.
+            weights = self.model.get_weights()
+            if self.rank != 0:
+                ray.train.report(metrics)
+                return
+            t0 = time.perf_counter()
+            batch = max(self.config["batch_size"], 256)
+            y, p = _predict_split(self._eval_model(weights), self.val_shard, batch,
+                                  self.val_cache)
+            metrics.update(validation_metrics(y, p))
+            metrics["val_seconds"] = time.perf_counter() - t0
+            metrics["attempt"] = self.progress.attempt
+            self.progress.history.append(metrics)
+            meta = self.progress.meta(metrics["epoch"], os.path.basename(saved), self.config)
+            with open(os.path.join(tmp, CHECKPOINT_META), "w") as f:
+                json.dump(meta, f, indent=2)
+            _log_epoch(metrics, self.config["epochs"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _keras_callback(keras: Any, report: _EpochReporter, optimizer: Any) -> Any:
+    class ReportEachEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            report({
+                "epoch": epoch,
+                "loss": float((logs or {}).get("loss", float("nan"))),
+                "train_seconds": time.perf_counter() - self.t0,
+                "optimizer_steps": int(optimizer.iterations.numpy()),
+            })
+
+    return ReportEachEpoch()
+
+
+def _write_replica_digest(uri: str, model: Any, rank: int, world: int) -> None:
+    # Proof that gradients were all-reduced: every replica ends with the same weights.
+    digest = weights_digest([v.numpy() for v in model.trainable_variables])
+    storage.write_json(
+        storage.join(uri, f"rank{rank}.json"),
+        {"rank": rank, "world_size": world, "trainable_weights_sha256": digest},
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config`` is built by :func:`patchray.training.trainer.loop_config`."""
-    from patchray.models import create_model
     from patchray.models.keras_compat import load_keras, load_tensorflow
 
     tf = load_tensorflow()
     keras = load_keras()
     import ray.train
 
-    _configure_threads(tf, config["intra_op_threads"], config["inter_op_threads"])
+    _configure_devices(tf, config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     tf.keras.utils.set_random_seed(config["seed"])  # same initial weights on every worker
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    with strategy.scope():
-        model = create_model(
-            config["model"], input_size=config["input_size"], **config["model_args"]
-        )
-        optimizer = keras.optimizers.Adam(learning_rate=config["learning_rate"])
-        model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy())
-    tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    model = _build_model(config, keras, strategy)
+    # model.optimizer, not the Adam passed to compile: under mixed precision it is the
+    # LossScaleOptimizer wrapping it, whose loss scale must be checkpointed too.
+    tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    progress = _restore(tf_checkpoint, ray.train.get_checkpoint(), config, rank)
 
-    start_epoch, history = 0, []
-    resume_from = ray.train.get_checkpoint()
-    if resume_from is not None:
-        with resume_from.as_directory() as d:
-            meta = json.loads(open(os.path.join(d, CHECKPOINT_META)).read())
-            tf_checkpoint.restore(os.path.join(d, meta["tf_checkpoint"])).expect_partial()
-        start_epoch, history = meta["epoch"] + 1, meta["history"]
-        if rank == 0:
-            print(f"[patchray] resuming from epoch {meta['epoch'] + 1} checkpoint", flush=True)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     epochs, batch = config["epochs"], config["batch_size"]
-    val_cache: dict[str, list[np.ndarray]] | None = {} if config["cache_val"] else None
-
-    class ReportEachEpoch(keras.callbacks.Callback):
-        """Checkpoint, validate (rank 0) and report to Ray Train at the end of every epoch."""
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            train_seconds = time.perf_counter() - self.t0
-            metrics: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": float((logs or {}).get("loss", float("nan"))),
-                "train_seconds": train_seconds,
-                "optimizer_steps": int(optimizer.iterations.numpy()),
-            }
-            _end_of_epoch(metrics, rank, epochs, batch, config, model, val_shard,
-                          tf_checkpoint, history, val_cache)
-
-    if start_epoch < epochs:
+    if progress.start_epoch < epochs:
+        reporter = _EpochReporter(config, rank, model, tf_checkpoint,
+                                  ray.train.get_dataset_shard("val"), progress)
         # One fit call for all epochs: from_generator re-iterates the Ray Data shard each
         # epoch, and the distributed train step is traced once, not once per epoch.
         model.fit(
-            _shard_to_tf(train_shard, batch, config["input_size"], tf),
+            _shard_to_tf(ray.train.get_dataset_shard("train"), batch, config["input_size"], tf),
             epochs=epochs,
-            initial_epoch=start_epoch,
-            callbacks=[ReportEachEpoch()],
+            initial_epoch=progress.start_epoch,
+            callbacks=[_keras_callback(keras, reporter, model.optimizer)],
             verbose=0,
         )
 
     if config.get("replica_report_uri"):
-        # Proof that gradients were all-reduced: every replica ends with the same weights.
-        digest = weights_digest([v.numpy() for v in model.trainable_variables])
-        storage.write_json(
-            storage.join(config["replica_report_uri"], f"rank{rank}.json"),
-            {"rank": rank, "world_size": world, "trainable_weights_sha256": digest},
-        )
+        _write_replica_digest(config["replica_report_uri"], model, rank, world)

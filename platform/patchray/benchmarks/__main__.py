@@ -1,0 +1,51 @@
+"""Run patchray's benchmarks.
+
+    python -m patchray.benchmarks {decode,augment,reader,training,memory,all} \\
+        --out runs/bench [--size 50 --size 96] [--quick]
+
+``--quick`` keeps each benchmark under about two minutes on 2 cores; full runs are larger
+and repeat more. Results: ``<out>/<name>.json`` and ``<out>/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from patchray.benchmarks import augment, decode, memory, reader, training
+from patchray.benchmarks.common import BenchOptions, say
+
+BENCHMARKS = {
+    "decode": decode.run,
+    "augment": augment.run,
+    "reader": reader.run,
+    "training": training.run,
+    "memory": memory.run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m patchray.benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=[*BENCHMARKS, "all"])
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--size", type=int, action="append", dest="sizes",
+                   help="patch side in pixels (repeatable; default 50 and 96)")
+    p.add_argument("--quick", action="store_true", help="small data, few repeats (~2 min each)")
+    p.add_argument("--gpu-images-per-s", type=float, default=31_000.0,
+                   help="GPU training rate the decode table is sized against")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    opts = BenchOptions(out=args.out, sizes=tuple(args.sizes or (50, 96)), quick=args.quick,
+                        gpu_images_per_s=args.gpu_images_per_s)
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    for name in names:
+        say(f"=== {name} ({'quick' if opts.quick else 'full'}, sizes {list(opts.sizes)}) ===")
+        BENCHMARKS[name](opts, say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""``reader``: can Ray Data feed a training worker faster than the worker trains?
+
+*Reader*: the real pipeline (:func:`patchray.data.pipeline.training_dataset`, PNG decode +
+augmentation) on a synthetic dataset, split with ``streaming_split(2, equal=True)`` and
+iterated by 2 Ray actors of 1 CPU each, as the 2 training workers iterate their shards
+(``iter_batches(64, prefetch_batches=2)``), on a local Ray with 4 logical CPUs like the demo.
+*Consumer*: train steps/s x batch of ``cnn2`` and ``cnn6`` on in-memory tensors in a 1-CPU
+Ray actor with ``intra_op_threads=1``: the per-worker budget of real training, without the
+all-reduce (so the consumer rate is an upper bound and the ratio errs low).
+
+Ratio = images/s one worker's reader delivers / images/s one worker trains; > 1 means the
+reader is not the bottleneck. The reader is measured while no training runs: on a 2-core
+machine training and decoding share the cores, which the ``training`` benchmark measures.
+
+    python -m patchray.benchmarks reader --out runs/bench [--size 50 --size 96] [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from patchray.benchmarks.common import (
+    BenchOptions, FreshProcess, Log, bar_chart, call_in_actor, format_table, machine, say,
+    start_ray, synthetic_dataset, write_results,
+)
+
+NAME = "reader"
+WORKERS = 2
+WORKER_BATCH = 64  # train.batch_size of the demo (per worker)
+MODELS = ("cnn2", "cnn6")
+
+
+def train_step_rate(model: str, size: int, *, batch: int = WORKER_BATCH,
+                    min_seconds: float = 5.0, warmup: int = 3,
+                    threads: int | None = 1) -> dict[str, float]:
+    """Images/s ``model`` trains on one in-memory batch, repeated (no input pipeline at all).
+
+    ``threads`` sets TensorFlow's intra/inter-op pools; it must run before TensorFlow starts
+    (a fresh process), so pass ``None`` where TensorFlow is already running.
+    """
+    from patchray.models import create_model
+    from patchray.models.keras_compat import load_keras, load_tensorflow
+
+    tf = load_tensorflow()
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras = load_keras()
+    net = create_model(model, input_size=size)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy())
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, size, size, 3), dtype=np.float32)
+    y = (rng.random(batch) < 0.3).astype(np.float32)
+    w = np.ones(batch, np.float32)
+    for _ in range(warmup):  # tracing and first-touch allocations
+        net.train_on_batch(x, y, sample_weight=w)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds or steps < 3:
+        net.train_on_batch(x, y, sample_weight=w)
+        steps += 1
+    seconds = time.perf_counter() - t0
+    return {"steps_per_s": steps / seconds, "images_per_s": steps * batch / seconds,
+            "steps": steps}
+
+
+def read_shard(shard: Any, *, epochs: int, batch: int = WORKER_BATCH) -> list[dict[str, float]]:
+    """Iterate a Ray Data shard like the training loop does; rows and seconds per epoch."""
+    out = []
+    for _ in range(epochs):
+        rows, t0 = 0, time.perf_counter()
+        for b in shard.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2):
+            rows += len(b["y"])
+        out.append({"rows": rows, "seconds": time.perf_counter() - t0})
+    return out
+
+
+def measure_reader(root: str, manifest: dict[str, Any], size: int, *, epochs: int,
+                   workers: int = WORKERS) -> dict[str, Any]:
+    """Images/s each of ``workers`` 1-CPU actors gets from the training pipeline, per epoch.
+
+    Epoch 1 includes starting Ray Data's workers; later epochs show the steady rate (each
+    still pays the pipeline's restart, as every training epoch does)."""
+    import ray
+
+    from patchray.data.pipeline import training_dataset
+
+    ds = training_dataset(root, "train", size=size, augment=True,
+                          label_counts=manifest["splits"]["train"]["labels"],
+                          weighting="balanced")
+    shards = ds.streaming_split(workers, equal=True)
+    actor = ray.remote(num_cpus=1)(FreshProcess)
+    readers = [actor.remote() for _ in range(workers)]
+    per_worker = ray.get([r.call.remote(read_shard, s, epochs=epochs)
+                          for r, s in zip(readers, shards)])
+    for r in readers:
+        ray.kill(r)
+    epochs_out = []
+    for e in range(epochs):
+        rates = [w[e]["rows"] / w[e]["seconds"] for w in per_worker]
+        epochs_out.append({"epoch": e + 1, "rows": sum(w[e]["rows"] for w in per_worker),
+                           "seconds": max(w[e]["seconds"] for w in per_worker),
+                           "per_worker_images_per_s": min(rates)})
+    steady = epochs_out[1:] or epochs_out
+    return {"epochs": epochs_out,
+            "per_worker_images_per_s": float(np.median([e["per_worker_images_per_s"]
+                                                        for e in steady])),
+            "first_epoch_per_worker_images_per_s": epochs_out[0]["per_worker_images_per_s"]}
+
+
+def measure_consumer(model: str, size: int, *, min_seconds: float) -> dict[str, float]:
+    """:func:`train_step_rate` in a fresh 1-CPU Ray actor (TensorFlow on one thread)."""
+    return call_in_actor(train_step_rate, model, size, min_seconds=min_seconds, num_cpus=1)
+
+
+def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
+    import ray
+
+    patients, per_patient, epochs, min_seconds = (
+        (6, 150, 2, 4.0) if opts.quick else (12, 400, 3, 10.0))
+    rows, details = [], []
+    start_ray(num_cpus=4, object_store_mb=1024)
+    try:
+        for size in opts.sizes:
+            root, manifest = synthetic_dataset(opts.out / "data", size, patients=patients,
+                                               per_patient=per_patient, log=log)
+            train_rows = manifest["splits"]["train"]["rows"]
+            log(f"reader {size}x{size}: {train_rows} train patches, {epochs} epochs, "
+                f"{WORKERS} shard readers")
+            reader = measure_reader(root, manifest, size, epochs=epochs)
+            log(f"  reader: {reader['per_worker_images_per_s']:.0f} images/s per worker "
+                f"(epochs: {[round(e['per_worker_images_per_s']) for e in reader['epochs']]})")
+            for model in MODELS:
+                consumer = measure_consumer(model, size, min_seconds=min_seconds)
+                log(f"  {model} trains {consumer['images_per_s']:.0f} images/s on 1 CPU")
+                rows.append({
+                    "size": size, "model": model,
+                    "reader_per_worker": reader["per_worker_images_per_s"],
+                    "consumer_per_worker": consumer["images_per_s"],
+                    "ratio": reader["per_worker_images_per_s"] / consumer["images_per_s"],
+                })
+            details.append({"size": size, "train_rows": train_rows, "reader": reader})
+    finally:
+        ray.shutdown()
+    print(format_table(rows, ["size", "model", "reader_per_worker", "consumer_per_worker",
+                              "ratio"]), flush=True)
+    log("ratio > 1: the reader delivers more images/s per worker than the model trains")
+    chart = bar_chart(
+        opts.out / f"{NAME}.png",
+        {f"{r['model']} {r['size']}x{r['size']}": {"reader (per worker)": r["reader_per_worker"],
+                                                    "training step (1 CPU)":
+                                                        r["consumer_per_worker"]}
+         for r in rows},
+        title="Images/s per worker: Ray Data reader vs train step", ylabel="images/s",
+    )
+    payload = {"benchmark": NAME, "quick": opts.quick, "machine": machine(),
+               "workers": WORKERS, "worker_batch": WORKER_BATCH, "rows": rows,
+               "details": details, "chart": chart.name}
+    path = write_results(opts.out, NAME, payload)
+    log(f"wrote {path} and {chart}")
+    return payload

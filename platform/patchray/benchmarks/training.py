@@ -1,0 +1,189 @@
+"""``training``: how close patchray's distributed training gets to plain Keras on the same cores.
+
+*patchray*: :func:`patchray.training.trainer.build_trainer` + ``fit`` (Ray Data streaming PNG
+decode + augmentation, Ray Train with 2 workers of 1 CPU and 1 thread each, the demo's
+settings: 4 logical CPUs, 64 patches per worker per step). Images/s per epoch come from the
+``train_seconds`` and ``optimizer_steps`` the training loop reports; epoch 1 (tracing, Ray Data
+start-up) is left out.
+*plain Keras*: ``tf_keras`` ``fit`` on the same train split already decoded in memory, same
+model, same global batch (128), one process with 2 intra-op threads in a 2-CPU Ray actor:
+the same 2 cores, no input pipeline, no all-reduce.
+
+Efficiency = patchray images/s / plain Keras images/s (goal >= 0.85).
+
+    python -m patchray.benchmarks training --out runs/bench [--size 50 --size 96] [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patchray.benchmarks.common import (
+    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, say, start_ray,
+    synthetic_dataset, write_results,
+)
+
+NAME = "training"
+MODEL = "cnn6"
+WORKERS = 2
+WORKER_BATCH = 64
+
+
+def epoch_rates(history: list[dict[str, Any]], images_per_epoch: int,
+                global_batch: int) -> list[dict[str, float]]:
+    """Images/s of every epoch from the loop's metrics (``optimizer_steps`` is cumulative)."""
+    out, before = [], 0
+    for h in history:
+        steps = int(h["optimizer_steps"]) - before
+        before = int(h["optimizer_steps"])
+        images = min(steps * global_batch, images_per_epoch)
+        out.append({"epoch": int(h["epoch"]) + 1, "steps": steps, "images": images,
+                    "seconds": float(h["train_seconds"]),
+                    "images_per_s": images / float(h["train_seconds"])})
+    return out
+
+
+def steady_rate(epochs: list[dict[str, float]]) -> float:
+    """Images/s over every epoch but the first (which includes tracing and start-up)."""
+    rest = epochs[1:] or epochs
+    return sum(e["images"] for e in rest) / sum(e["seconds"] for e in rest)
+
+
+def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, epochs: int,
+                      storage_root: Path, augment: bool = True, model: str = MODEL,
+                      log: Log = say) -> dict[str, Any]:
+    """Train with Ray Train exactly as ``patchray train`` does; images/s per epoch."""
+    from patchray.config import load_config
+    from patchray.training.loop import CHECKPOINT_META
+    from patchray.training.trainer import build_trainer
+
+    cfg = load_config(overrides=[
+        f"train.model={model}", f"train.input_size={size}", f"train.epochs={epochs}",
+        f"train.batch_size={WORKER_BATCH}", f"train.num_workers={WORKERS}",
+        f"data.augment={str(augment).lower()}", "train.keep_checkpoints=1",
+    ])
+    run_name = f"{model}-{size}px-{'aug' if augment else 'noaug'}-{time.strftime('%H%M%S')}"
+    trainer = build_trainer(cfg, data_root=data_root, storage_root=str(storage_root.resolve()),
+                            run_name=run_name)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / CHECKPOINT_META).read_text())["history"]
+    rows = manifest["splits"]["train"]["rows"]
+    per_epoch = epoch_rates(history, rows - rows % WORKERS, WORKERS * WORKER_BATCH)
+    log(f"  patchray ({'augment' if augment else 'no augment'}): "
+        f"{[round(e['images_per_s']) for e in per_epoch]} images/s per epoch ({wall:.0f}s)")
+    return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch), "wall_seconds": wall}
+
+
+def keras_fit_rate(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, model: str, size: int,
+                   global_batch: int, epochs: int, threads: int | None = 2) -> dict[str, Any]:
+    """Plain ``tf_keras`` ``fit`` on in-memory arrays; images/s per epoch.
+
+    ``threads`` must be set before TensorFlow starts (a fresh process); ``None`` keeps them.
+    """
+    from patchray.models import create_model
+    from patchray.models.keras_compat import load_keras, load_tensorflow
+
+    tf = load_tensorflow()
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    keras = load_keras()
+    keras.utils.set_random_seed(0)
+    net = create_model(model, input_size=size)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy())
+    seconds: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            seconds.append(time.perf_counter() - self.t0)
+
+    net.fit(x, y, sample_weight=w, batch_size=global_batch, epochs=epochs, shuffle=True,
+            verbose=0, callbacks=[Timer()])
+    n = len(x)
+    per_epoch = [{"epoch": i + 1, "images": n, "seconds": s, "images_per_s": n / s}
+                 for i, s in enumerate(seconds)]
+    return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch)}
+
+
+def decoded_split(data_root: str, split: str, size: int) -> tuple[np.ndarray, ...]:
+    """The whole split decoded in memory: x in [0, 1], y, balanced sample weights."""
+    from patchray.data.ingest import read_manifest
+    from patchray.data.transforms import class_weights, decode_patches, normalise
+    from patchray.pipeline import read_patch_rows
+
+    manifest = read_manifest(data_root)
+    rows = read_patch_rows(data_root, split, manifest["splits"][split]["rows"])
+    x = normalise(decode_patches([r["image"] for r in rows], size))
+    y = np.array([r["label"] for r in rows], np.float32)
+    weights = class_weights(manifest["splits"][split]["labels"], "balanced")
+    return x, y, np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
+
+
+def _keras_baseline(data_root: str, size: int, model: str, epochs: int) -> dict[str, Any]:
+    x, y, w = decoded_split(data_root, "train", size)
+    return keras_fit_rate(x, y, w, model=model, size=size, global_batch=WORKERS * WORKER_BATCH,
+                          epochs=epochs, threads=2)
+
+
+def keras_baseline(data_root: str, size: int, *, epochs: int, model: str = MODEL,
+                   log: Log = say) -> dict[str, Any]:
+    """:func:`keras_fit_rate` in a fresh 2-CPU Ray actor (the 2 cores the workers share)."""
+    out = call_in_actor(_keras_baseline, data_root, size, model, epochs, num_cpus=2)
+    log(f"  plain keras: {[round(e['images_per_s']) for e in out['epochs']]} images/s per epoch")
+    return out
+
+
+def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
+    import ray
+
+    patients, per_patient, epochs = (6, 120, 3) if opts.quick else (12, 250, 4)
+    variants = (True,) if opts.quick else (True, False)
+    rows, details = [], []
+    for size in opts.sizes:
+        root, manifest = synthetic_dataset(opts.out / "data", size, patients=patients,
+                                           per_patient=per_patient, log=log)
+        log(f"training {MODEL} {size}x{size}: {manifest['splits']['train']['rows']} train "
+            f"patches, {epochs} epochs")
+        start_ray(num_cpus=4, object_store_mb=1024)
+        try:
+            base = keras_baseline(root, size, epochs=epochs, log=log)
+            for augment in variants:
+                ours = patchray_training(root, manifest, size, epochs=epochs, augment=augment,
+                                         storage_root=opts.out / "train-runs", log=log)
+                rows.append({"size": size, "model": MODEL, "augment": augment,
+                             "patchray_images_per_s": ours["images_per_s"],
+                             "keras_images_per_s": base["images_per_s"],
+                             "efficiency": ours["images_per_s"] / base["images_per_s"]})
+                details.append({"size": size, "augment": augment, "patchray": ours,
+                                "keras": base})
+        finally:
+            ray.shutdown()
+    print(format_table(rows, ["size", "model", "augment", "patchray_images_per_s",
+                              "keras_images_per_s", "efficiency"]), flush=True)
+    log("efficiency = patchray / plain keras images/s on the same 2 cores (goal >= 0.85)")
+    chart = bar_chart(
+        opts.out / f"{NAME}.png",
+        {f"{r['size']}x{r['size']}{'' if r['augment'] else ' no-aug'}":
+         {"patchray (Ray Train, 2 workers)": r["patchray_images_per_s"],
+          "plain keras fit (in memory)": r["keras_images_per_s"]} for r in rows},
+        title=f"{MODEL} training images/s on 2 cores", ylabel="images/s",
+    )
+    payload = {"benchmark": NAME, "quick": opts.quick, "machine": machine(), "model": MODEL,
+               "workers": WORKERS, "worker_batch": WORKER_BATCH, "rows": rows,
+               "details": details, "chart": chart.name}
+    path = write_results(opts.out, NAME, payload)
+    log(f"wrote {path} and {chart}")
+    return payload

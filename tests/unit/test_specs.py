@@ -1,0 +1,50 @@
+"""Every spec and config file in the repository validates (they are user-facing examples)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_job_specs_validate(spec):
+    from patchray.config import load_config
+
+    load_config(spec)
+
+
+def test_serve_config_matches_ray_schema_and_app_args():
+    import importlib.util
+
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    spec = importlib.util.spec_from_file_location("serve_app", REPO / "serve" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (app,) = config["applications"]
+    assert app["import_path"] == "serve.app:build"
+    module.AppArgs.model_validate(app["args"])
+    with pytest.raises(Exception, match="max_batch"):
+        module.AppArgs.model_validate({**app["args"], "max_batch": 3})
+
+
+def test_prometheus_config_is_valid_yaml_with_scrape_jobs():
+    config = yaml.safe_load((REPO / "infra" / "prometheus" / "prometheus.yml").read_text())
+    assert {job["job_name"] for job in config["scrape_configs"]} >= {"ray", "patchray-local"}
+
+
+def test_grafana_dashboard_queries_only_exported_metrics():
+    import json
+    import re
+
+    deployment = (REPO / "platform/patchray/serving/deployment.py").read_text()
+    exported = set(re.findall(r'"(patchray_[a-z_]+)"', deployment))
+    dashboard = json.loads((REPO / "infra/grafana/patchray-serving.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs
+            for m in re.findall(r"ray_(patchray_[a-z_]+)", e)}
+    assert used and used <= exported, used - exported
