@@ -191,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep Ray Serve up after the demo until Ctrl-C")
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="train, export and evaluate on an ingested dataset")
+    train = sub.add_parser(
+        "train", help="train, export and evaluate on an ingested dataset",
+        description="Train in <runs_root>/<name>, then export and evaluate the best checkpoint "
+                    "(by val AUC). Running the same name again resumes after its latest "
+                    "checkpoint; a finished run is only re-exported and re-evaluated.",
+    )
     _config_args(train)
     train.set_defaults(func=cmd_train)
 

@@ -187,20 +187,20 @@ def _bucket(uri: str) -> str:
 
 # --------------------------------------------------------------------------- errors
 
-# Substrings of pyarrow (AWS SDK for C++) and botocore messages, with what the user should check.
+UNREACHABLE = ("cannot reach the S3 endpoint {endpoint}: check PATCHRAY_S3_ENDPOINT (or "
+               "AWS_ENDPOINT_URL) - scheme, host and port - and that the store is running")
+NO_BUCKET = ("bucket '{bucket}' does not exist at {endpoint}: create it first (patchray never "
+             "creates buckets) or fix the bucket name")
+DENIED = ("access denied by {endpoint}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and "
+          "AWS_SESSION_TOKEN for temporary credentials) and that they may use bucket '{bucket}'")
+# Substrings of pyarrow (AWS SDK for C++) and botocore messages, and what the user should check.
 _DIAGNOSES = (
     (("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused",
-      "EndpointConnectionError", "Could not resolve host"),
-     "cannot reach the S3 endpoint {endpoint}: check PATCHRAY_S3_ENDPOINT (or "
-     "AWS_ENDPOINT_URL) - scheme, host and port - and that the store is running"),
-    (("NO_SUCH_BUCKET", "NoSuchBucket", "allow_bucket_creation"),
-     "bucket '{bucket}' does not exist at {endpoint}: create it first (patchray never creates "
-     "buckets) or fix the bucket name"),
+      "EndpointConnectionError", "Could not resolve host"), UNREACHABLE),
+    (("NO_SUCH_BUCKET", "NoSuchBucket", "allow_bucket_creation"), NO_BUCKET),
     (("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
       "SignatureDoesNotMatch", "ACCESS_DENIED", "AccessDenied", "EXPIRED_TOKEN", "ExpiredToken",
-      "Forbidden"),
-     "access denied by {endpoint}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and "
-     "AWS_SESSION_TOKEN for temporary credentials) and that they may use bucket '{bucket}'"),
+      "Forbidden"), DENIED),
 )
 
 
@@ -226,8 +226,9 @@ def _check_bucket(fs: pafs.FileSystem, uri: str, action: str) -> None:
     except OSError as e:
         raise _diagnose(e, uri, action) from e
     if missing:
-        raise StorageError(f"cannot {action} {uri}: " + _DIAGNOSES[1][1].format(
-            endpoint=s3_settings().describe_endpoint(), bucket=bucket))
+        endpoint = s3_settings().describe_endpoint()
+        raise StorageError(f"cannot {action} {uri}: "
+                           + NO_BUCKET.format(endpoint=endpoint, bucket=bucket))
 
 
 @contextmanager
@@ -246,8 +247,8 @@ def _translated(fs: pafs.FileSystem, uri: str, action: str) -> Iterator[None]:
 
 
 def check_access(uri: str) -> None:
-    """Fail fast, before a long job, if ``uri`` cannot be reached: missing bucket, refused
-    credentials or unreachable endpoint (remote), or an existing non-directory (local)."""
+    """Fail fast, before a long job, if ``uri`` cannot serve as a dataset or run location:
+    missing bucket, refused credentials, unreachable endpoint, or a file in the way."""
     fs, path = resolve(uri)
     _check_bucket(fs, uri, "access")
     with _translated(fs, uri, "access"):
@@ -312,6 +313,22 @@ def exists(uri: str) -> bool:
     if not found:
         _check_bucket(fs, uri, "check")
     return found
+
+
+def delete(uri: str, *, missing_ok: bool = True) -> bool:
+    """Delete one file; return whether it was there. A missing bucket is still an error.
+
+    On S3, pyarrow then PUTs an empty ``parent/`` marker object so the "directory" survives;
+    patchray's listings skip it, other S3 clients show it as an entry."""
+    fs, path = resolve(uri)
+    with _translated(fs, uri, "delete"):
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            _check_bucket(fs, uri, "delete")
+            if missing_ok:
+                return False
+            raise StorageError(f"cannot delete {uri}: not found")
+        fs.delete_file(path)
+    return True
 
 
 def _files_below(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:

@@ -3,7 +3,6 @@ read and written by pyarrow, s3fs, Ray Data and Ray Train exactly as a MinIO wou
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -76,30 +75,8 @@ def test_ray_data_streams_the_train_split_from_s3(ray_cluster, s3_dataset):
     assert len(np.concatenate([b["y"] for b in batches])) == train["rows"]
 
 
-@pytest.fixture
-def run_config_with_storage_filesystem(monkeypatch):
-    """Applies the change proposed for ``training/trainer.py`` from outside: ``run_config``
-    passes ``**storage.ray_storage_args(storage_root)`` (an explicit filesystem for s3://).
-    Without it Ray resolves s3:// itself, ignores PATCHRAY_S3_ENDPOINT and goes to AWS.
-    Remove this fixture once trainer.py does it (the fixture is a no-op then).
-
-    (Patching ``ray.train.RunConfig`` instead would not do: the class says its module is
-    ``ray.train``, so cloudpickle would ship it by value and fail on a lock.)"""
-    from patchray.training import trainer
-
-    original = trainer.run_config
-
-    def run_config(cfg, *, storage_root, run_name):
-        rc = original(cfg, storage_root=storage_root, run_name=run_name)
-        if rc.storage_filesystem is not None:
-            return rc
-        return dataclasses.replace(rc, **storage.ray_storage_args(storage_root))
-
-    monkeypatch.setattr(trainer, "run_config", run_config)
-
-
 def test_ray_train_keeps_checkpoints_and_replica_digests_in_s3(
-    ray_cluster, s3_server, s3_dataset, tmp_path, run_config_with_storage_filesystem
+    ray_cluster, s3_server, s3_dataset, tmp_path
 ):
     from patchray.config import load_config
     from patchray.training.trainer import run_training
@@ -138,6 +115,8 @@ def test_upload_and_download_a_model_directory(s3_server, tmp_path):
                                            "models/tiny-synthetic/1/model.xml"]
     back = storage.download_dir(uri, tmp_path / "back")
     assert (back / "1" / "model.bin").read_bytes() == (src / "1" / "model.bin").read_bytes()
+    assert storage.delete(storage.join(uri, "1", "model.xml")) is True
+    assert storage.list_files(uri) == [storage.join(uri, "1", "model.bin")]
 
 
 @pytest.mark.parametrize(
@@ -148,8 +127,9 @@ def test_upload_and_download_a_model_directory(s3_server, tmp_path):
         lambda uri: storage.write_json(f"{uri}/manifest.json", {}),
         lambda uri: storage.list_files(uri),
         lambda uri: storage.check_access(uri),
+        lambda uri: storage.delete(f"{uri}/manifest.json"),
     ],
-    ids=["exists", "read", "write", "list", "check_access"],
+    ids=["exists", "read", "write", "list", "check_access", "delete"],
 )
 def test_missing_bucket_is_a_storage_error_naming_uri_and_bucket(s3_server, call):
     uri = "s3://patchray-no-such-bucket/ds"
@@ -165,7 +145,8 @@ def test_wrong_credentials_are_a_storage_error_saying_what_to_check(
 ):
     uri = storage.join(s3_dataset[0], "manifest.json")
     monkeypatch.setenv(variable, "wrong-" + variable.lower())
-    for call in (storage.read_json, storage.exists, lambda u: storage.write_bytes(u, b"{}")):
+    for call in (storage.read_json, storage.exists, storage.delete,
+                 lambda u: storage.write_bytes(u, b"{}")):
         with pytest.raises(StorageError, match=rf"{uri}: access denied by {s3_server.endpoint}"
                                                r".*check AWS_ACCESS_KEY_ID"):
             call(uri)

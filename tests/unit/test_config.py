@@ -17,7 +17,7 @@ def test_defaults_validate():
 
 def test_demo_spec_loads():
     cfg = load_config(REPO / "jobs" / "demo.yaml")
-    assert cfg.train.model == "cnn2"
+    assert cfg.train.model == "cnn6"
     assert cfg.eval.min_sensitivity == 0.95
 
 

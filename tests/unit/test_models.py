@@ -81,7 +81,9 @@ def test_model_info() -> None:
     assert info.hyperparameters() == {
         "weights": None, "mode": "full", "finetune_layers": 20, "dropout": 0.2
     }
-    assert get_model_info("cnn6").hyperparameters() == {"dropout": 0.3, "dense_dropout": 0.5}
+    assert get_model_info("cnn6").hyperparameters() == {
+        "dropout": 0.3, "dense_dropout": 0.5, "bn_momentum": 0.9
+    }
     assert get_model_info("wideresnet").hyperparameters() == {
         "depth": 16, "width": 4, "dropout": 0.0
     }

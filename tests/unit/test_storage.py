@@ -75,6 +75,15 @@ def test_reading_missing_or_invalid_objects_names_the_uri(tmp_path):
     assert not storage.exists(missing) and storage.exists(str(tmp_path / "bad.json"))
 
 
+def test_delete_reports_whether_the_file_was_there(tmp_path):
+    uri = str(tmp_path / "m.json")
+    storage.write_json(uri, {})
+    assert storage.delete(uri) is True and not storage.exists(uri)
+    assert storage.delete(uri) is False
+    with pytest.raises(StorageError, match=f"cannot delete {uri}: not found"):
+        storage.delete(uri, missing_ok=False)
+
+
 def test_list_files_is_recursive_sorted_and_filtered_by_suffix(tmp_path):
     for rel in ["train/part-1.parquet", "train/part-0.parquet", "val/part-0.parquet",
                 "train/part-2.parquet.inprogress", "manifest.json"]:

@@ -111,3 +111,15 @@ def test_hue_rotation_keeps_greys_and_turns_a_full_circle():
     # Pure red turned by +0.04 of the circle moves towards yellow (HSV hue increases).
     r, g, b = m[1] @ np.array([1.0, 0.0, 0.0])
     assert g > 0 and b < 1e-2
+
+
+def test_prepare_training_batch_reads_raw_records_with_their_native_size():
+    edge = np.full((32, 50, 3), 200, np.uint8)
+    out = prepare_training_batch(
+        {"image": np.array([edge.tobytes()], dtype=object), "label": np.array([1], np.int8),
+         "height": np.array([32], np.int32), "width": np.array([50], np.int32)},
+        size=50, augment_patches=False, weights={0: 1.0, 1: 1.0}, encoding="raw",
+    )
+    assert out["x"].shape == (1, 50, 50, 3)
+    np.testing.assert_allclose(out["x"][0, 0, 0], [200 / 255] * 3, rtol=1e-6)
+    np.testing.assert_allclose(out["x"][0, 40, 0], [1.0] * 3)  # padded white below the edge

@@ -15,7 +15,6 @@ and, as an upper bound, the sum of RSS.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -47,16 +46,19 @@ class MemorySampler:
         root = psutil.Process(self.pid)
         pss = rss = 0
         procs = 0
+        kinds: dict[str, float] = {}
         for p in [root, *root.children(recursive=True)]:
             try:
                 info = p.memory_full_info()
+                kind = "driver" if p.pid == self.pid else _kind(p.name(), p.cmdline())
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             pss += getattr(info, "pss", info.rss)
             rss += info.rss
             procs += 1
+            kinds[kind] = kinds.get(kind, 0.0) + getattr(info, "pss", info.rss) / MB
         s = {"t": time.perf_counter() - self._t0, "pss_mb": pss / MB, "rss_mb": rss / MB,
-             "processes": procs}
+             "processes": procs, "pss_mb_by_kind": kinds}
         self.samples.append(s)
         return s
 
@@ -79,6 +81,15 @@ class MemorySampler:
         return time.perf_counter() - self._t0
 
 
+def _kind(name: str, cmdline: list[str]) -> str:
+    """What a process is: ``raylet``, ``gcs_server``, a Ray worker's title (``ray::IDLE``,
+    ``ray::MapBatches(...)``, ``ray::SplitCoordinator``...), or its executable name."""
+    title = " ".join(cmdline)
+    if title.startswith("ray::"):
+        return title.split(" ")[0][:60]
+    return name
+
+
 def consume_epoch(ds: Any, *, images_per_s: float, batch: int = BATCH) -> dict[str, float]:
     """Iterate ``ds`` once like a training worker, at most ``images_per_s``; what arrived."""
     rows = nbytes = 0
@@ -90,18 +101,6 @@ def consume_epoch(ds: Any, *, images_per_s: float, batch: int = BATCH) -> dict[s
         if ahead > 0:  # a training step would still be running
             time.sleep(ahead)
     return {"rows": rows, "decoded_bytes": nbytes, "seconds": time.perf_counter() - t0}
-
-
-def spilled_mb() -> float | None:
-    """MiB Ray spilled to disk so far (parsed from Ray's memory summary; None if unknown)."""
-    try:
-        from ray._private.internal_api import memory_summary
-
-        text = memory_summary(stats_only=True)
-    except Exception:  # a private API: the figure is a nice-to-have
-        return None
-    m = re.search(r"Spilled (\d+) MiB", text)
-    return float(m.group(1)) if m else 0.0
 
 
 def measure_memory(root: str, manifest: dict[str, Any], size: int, *, images_per_s: float,
@@ -134,11 +133,16 @@ def measure_memory(root: str, manifest: dict[str, Any], size: int, *, images_per
         "baseline_pss_mb": base_pss,
         "peak_pss_mb": peak["pss_mb"],
         "peak_rss_mb": max(s["rss_mb"] for s in busy),
+        "peak_pss_mb_by_kind": dict(sorted(peak["pss_mb_by_kind"].items(),
+                                           key=lambda kv: -kv[1])),
+        "peak_processes": peak["processes"],
         "growth_mb": peak["pss_mb"] - base_pss,
         "growth_vs_object_store": (peak["pss_mb"] - base_pss) / object_store_mb,
         "growth_vs_dataset": (peak["pss_mb"] - base_pss) / decoded_mb,
         "dataset_vs_object_store": decoded_mb / object_store_mb,
-        "spilled_mb": spilled_mb(),
+        # Ray starts spill/restore workers when the object store overflows to disk.
+        "spill_workers_seen": any("Spill" in k or "Restore" in k
+                                  for smp in samples for k in smp["pss_mb_by_kind"]),
         "epoch_window_s": [start, end],
         "samples": samples,
     }
@@ -195,8 +199,10 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
         ray.shutdown()
     columns = ["size", "rows", "decoded_mb", "object_store_mb", "baseline_pss_mb", "peak_pss_mb",
                "growth_mb", "growth_vs_object_store", "growth_vs_dataset", "peak_rss_mb",
-               "spilled_mb"]
+               "spill_workers_seen"]
     print(format_table([result], columns), flush=True)
+    log("PSS at the peak by process: " + ", ".join(
+        f"{k} {v:.0f} MB" for k, v in list(result["peak_pss_mb_by_kind"].items())[:6]))
     chart = memory_chart(opts.out / f"{NAME}.png", result)
     payload = {"benchmark": NAME, "quick": opts.quick, "machine": machine(), "result": result,
                "chart": chart.name}

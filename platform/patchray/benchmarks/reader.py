@@ -9,8 +9,10 @@ Ray actor with ``intra_op_threads=1``: the per-worker budget of real training, w
 all-reduce (so the consumer rate is an upper bound and the ratio errs low).
 
 Ratio = images/s one worker's reader delivers / images/s one worker trains; > 1 means the
-reader is not the bottleneck. The reader is measured while no training runs: on a 2-core
-machine training and decoding share the cores, which the ``training`` benchmark measures.
+reader is not the bottleneck. Both of Ray Data's Parquet readers are measured: ``v2`` (Ray
+2.60's default) spends seconds per epoch listing files before the first batch. The reader is
+measured while no training runs: on a 2-core machine training and decoding share the cores,
+which the ``training`` benchmark measures.
 
     python -m patchray.benchmarks reader --out runs/bench [--size 50 --size 96] [--quick]
 """
@@ -23,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions, FreshProcess, Log, bar_chart, call_in_actor, format_table, machine, say,
-    start_ray, synthetic_dataset, write_results,
+    PARQUET_READERS, BenchOptions, FreshProcess, Log, bar_chart, call_in_actor, format_table,
+    machine, parquet_reader, say, start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "reader"
@@ -67,29 +69,35 @@ def train_step_rate(model: str, size: int, *, batch: int = WORKER_BATCH,
 
 
 def read_shard(shard: Any, *, epochs: int, batch: int = WORKER_BATCH) -> list[dict[str, float]]:
-    """Iterate a Ray Data shard like the training loop does; rows and seconds per epoch."""
+    """Iterate a Ray Data shard like the training loop does; rows, seconds and seconds to the
+    first batch (the pipeline's start-up, paid again every epoch) per epoch."""
     out = []
     for _ in range(epochs):
-        rows, t0 = 0, time.perf_counter()
+        rows, batches, first, t0 = 0, 0, None, time.perf_counter()
         for b in shard.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2):
             rows += len(b["y"])
-        out.append({"rows": rows, "seconds": time.perf_counter() - t0})
+            batches += 1
+            first = first if first is not None else time.perf_counter() - t0
+        out.append({"rows": rows, "batches": batches, "seconds": time.perf_counter() - t0,
+                    "first_batch_seconds": first or 0.0})
     return out
 
 
 def measure_reader(root: str, manifest: dict[str, Any], size: int, *, epochs: int,
-                   workers: int = WORKERS) -> dict[str, Any]:
+                   workers: int = WORKERS, reader: str = "v2") -> dict[str, Any]:
     """Images/s each of ``workers`` 1-CPU actors gets from the training pipeline, per epoch.
 
     Epoch 1 includes starting Ray Data's workers; later epochs show the steady rate (each
-    still pays the pipeline's restart, as every training epoch does)."""
+    still pays the pipeline's restart, as every training epoch does). ``reader`` picks Ray
+    Data's Parquet reader (see :func:`parquet_reader`)."""
     import ray
 
     from patchray.data.pipeline import training_dataset
 
-    ds = training_dataset(root, "train", size=size, augment=True,
-                          label_counts=manifest["splits"]["train"]["labels"],
-                          weighting="balanced")
+    with parquet_reader(reader):
+        ds = training_dataset(root, "train", size=size, augment=True,
+                              label_counts=manifest["splits"]["train"]["labels"],
+                              weighting="balanced")
     shards = ds.streaming_split(workers, equal=True)
     actor = ray.remote(num_cpus=1)(FreshProcess)
     readers = [actor.remote() for _ in range(workers)]
@@ -101,10 +109,14 @@ def measure_reader(root: str, manifest: dict[str, Any], size: int, *, epochs: in
     for e in range(epochs):
         rates = [w[e]["rows"] / w[e]["seconds"] for w in per_worker]
         epochs_out.append({"epoch": e + 1, "rows": sum(w[e]["rows"] for w in per_worker),
+                           "batches_per_worker": [w[e]["batches"] for w in per_worker],
                            "seconds": max(w[e]["seconds"] for w in per_worker),
+                           "first_batch_seconds": max(w[e]["first_batch_seconds"]
+                                                      for w in per_worker),
                            "per_worker_images_per_s": min(rates)})
     steady = epochs_out[1:] or epochs_out
-    return {"epochs": epochs_out,
+    return {"reader": reader, "epochs": epochs_out,
+            "first_batch_seconds": float(np.median([e["first_batch_seconds"] for e in steady])),
             "per_worker_images_per_s": float(np.median([e["per_worker_images_per_s"]
                                                         for e in steady])),
             "first_epoch_per_worker_images_per_s": epochs_out[0]["per_worker_images_per_s"]}
@@ -129,29 +141,37 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
             train_rows = manifest["splits"]["train"]["rows"]
             log(f"reader {size}x{size}: {train_rows} train patches, {epochs} epochs, "
                 f"{WORKERS} shard readers")
-            reader = measure_reader(root, manifest, size, epochs=epochs)
-            log(f"  reader: {reader['per_worker_images_per_s']:.0f} images/s per worker "
-                f"(epochs: {[round(e['per_worker_images_per_s']) for e in reader['epochs']]})")
+            readers = {}
+            for version in PARQUET_READERS:
+                r = readers[version] = measure_reader(root, manifest, size, epochs=epochs,
+                                                      reader=version)
+                rates = [round(e["per_worker_images_per_s"]) for e in r["epochs"]]
+                firsts = [round(e["first_batch_seconds"], 1) for e in r["epochs"]]
+                log(f"  Parquet reader {version}: {r['per_worker_images_per_s']:.0f} images/s "
+                    f"per worker (epochs: {rates}; first batch after {firsts} s)")
             for model in MODELS:
                 consumer = measure_consumer(model, size, min_seconds=min_seconds)
                 log(f"  {model} trains {consumer['images_per_s']:.0f} images/s on 1 CPU")
-                rows.append({
-                    "size": size, "model": model,
-                    "reader_per_worker": reader["per_worker_images_per_s"],
-                    "consumer_per_worker": consumer["images_per_s"],
-                    "ratio": reader["per_worker_images_per_s"] / consumer["images_per_s"],
-                })
-            details.append({"size": size, "train_rows": train_rows, "reader": reader})
+                for version, r in readers.items():
+                    rows.append({
+                        "size": size, "parquet_reader": version, "model": model,
+                        "reader_per_worker": r["per_worker_images_per_s"],
+                        "first_batch_s": r["first_batch_seconds"],
+                        "consumer_per_worker": consumer["images_per_s"],
+                        "ratio": r["per_worker_images_per_s"] / consumer["images_per_s"],
+                    })
+            details.append({"size": size, "train_rows": train_rows, "readers": readers})
     finally:
         ray.shutdown()
-    print(format_table(rows, ["size", "model", "reader_per_worker", "consumer_per_worker",
-                              "ratio"]), flush=True)
+    print(format_table(rows, ["size", "parquet_reader", "model", "reader_per_worker",
+                              "first_batch_s", "consumer_per_worker", "ratio"]), flush=True)
     log("ratio > 1: the reader delivers more images/s per worker than the model trains")
     chart = bar_chart(
         opts.out / f"{NAME}.png",
-        {f"{r['model']} {r['size']}x{r['size']}": {"reader (per worker)": r["reader_per_worker"],
-                                                    "training step (1 CPU)":
-                                                        r["consumer_per_worker"]}
+        {f"{r['model']} {r['size']}x{r['size']}":
+         {**{f"reader, Parquet {q['parquet_reader']}": q["reader_per_worker"] for q in rows
+             if (q["model"], q["size"]) == (r["model"], r["size"])},
+          "training step (1 CPU)": r["consumer_per_worker"]}
          for r in rows},
         title="Images/s per worker: Ray Data reader vs train step", ylabel="images/s",
     )

@@ -2,11 +2,13 @@
 
 *patchray*: :func:`patchray.training.trainer.build_trainer` + ``fit`` (Ray Data streaming PNG
 decode + augmentation, Ray Train with 2 workers of 1 CPU and 1 thread each, the demo's
-settings: 4 logical CPUs, 64 patches per worker per step). Images/s per epoch come from the
+settings: 4 logical CPUs, ``train.batch_size`` 64). Images/s per epoch come from the
 ``train_seconds`` and ``optimizer_steps`` the training loop reports; epoch 1 (tracing, Ray Data
-start-up) is left out.
+start-up) is left out. Variants: Ray Data's Parquet reader v2 (today) or v1, and
+``train.batch_size`` 64 (today: MultiWorkerMirroredStrategy splits each worker's batch over
+both replicas, so a step takes 64 rows, 32 per worker) or 128 (64 per worker per step).
 *plain Keras*: ``tf_keras`` ``fit`` on the same train split already decoded in memory, same
-model, same global batch (128), one process with 2 intra-op threads in a 2-CPU Ray actor:
+model, same global batch per step, one process with 2 intra-op threads in a 2-CPU Ray actor:
 the same 2 cores, no input pipeline, no all-reduce.
 
 Efficiency = patchray images/s / plain Keras images/s (goal >= 0.85).
@@ -24,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, say, start_ray,
-    synthetic_dataset, write_results,
+    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, parquet_reader, say,
+    start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "training"
@@ -55,21 +57,30 @@ def steady_rate(epochs: list[dict[str, float]]) -> float:
 
 
 def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, epochs: int,
-                      storage_root: Path, augment: bool = True, model: str = MODEL,
+                      storage_root: Path, augment: bool = True, reader: str = "v2",
+                      batch_size: int = WORKER_BATCH, model: str = MODEL,
                       log: Log = say) -> dict[str, Any]:
-    """Train with Ray Train exactly as ``patchray train`` does; images/s per epoch."""
+    """Train with Ray Train as ``patchray train`` does; images/s per epoch.
+
+    ``reader`` picks Ray Data's Parquet reader for the datasets (``v2`` is what patchray
+    gets today, see :func:`patchray.benchmarks.common.parquet_reader`). ``batch_size`` is
+    ``train.batch_size``: the rows each worker's tf.data yields per batch, which
+    MultiWorkerMirroredStrategy treats as the *global* batch and splits over the
+    replicas, so one optimizer step takes ``batch_size`` rows in total."""
     from patchray.config import load_config
     from patchray.training.loop import CHECKPOINT_META
     from patchray.training.trainer import build_trainer
 
     cfg = load_config(overrides=[
         f"train.model={model}", f"train.input_size={size}", f"train.epochs={epochs}",
-        f"train.batch_size={WORKER_BATCH}", f"train.num_workers={WORKERS}",
+        f"train.batch_size={batch_size}", f"train.num_workers={WORKERS}",
         f"data.augment={str(augment).lower()}", "train.keep_checkpoints=1",
     ])
-    run_name = f"{model}-{size}px-{'aug' if augment else 'noaug'}-{time.strftime('%H%M%S')}"
-    trainer = build_trainer(cfg, data_root=data_root, storage_root=str(storage_root.resolve()),
-                            run_name=run_name)
+    run_name = (f"{model}-{size}px-{reader}-b{batch_size}-{'aug' if augment else 'noaug'}-"
+                f"{time.strftime('%H%M%S')}")
+    with parquet_reader(reader):
+        trainer = build_trainer(cfg, data_root=data_root,
+                                storage_root=str(storage_root.resolve()), run_name=run_name)
     t0 = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - t0
@@ -78,10 +89,14 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / CHECKPOINT_META).read_text())["history"]
     rows = manifest["splits"]["train"]["rows"]
-    per_epoch = epoch_rates(history, rows - rows % WORKERS, WORKERS * WORKER_BATCH)
-    log(f"  patchray ({'augment' if augment else 'no augment'}): "
-        f"{[round(e['images_per_s']) for e in per_epoch]} images/s per epoch ({wall:.0f}s)")
-    return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch), "wall_seconds": wall}
+    per_epoch = epoch_rates(history, rows - rows % WORKERS, batch_size)
+    log(f"  patchray (Parquet {reader}, train.batch_size {batch_size}, "
+        f"{'augment' if augment else 'no augment'}): "
+        f"{[round(e['images_per_s']) for e in per_epoch]} images/s per epoch, "
+        f"{[e['steps'] for e in per_epoch]} steps ({wall:.0f}s)")
+    return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch), "wall_seconds": wall,
+            "global_batch_per_step": batch_size,
+            "steps_if_global_batch_were_workers_x_batch": -(-(rows // WORKERS) // batch_size)}
 
 
 def keras_fit_rate(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, model: str, size: int,
@@ -132,17 +147,24 @@ def decoded_split(data_root: str, split: str, size: int) -> tuple[np.ndarray, ..
     return x, y, np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
 
 
-def _keras_baseline(data_root: str, size: int, model: str, epochs: int) -> dict[str, Any]:
+def _keras_baselines(data_root: str, size: int, model: str, epochs: int,
+                     global_batches: tuple[int, ...]) -> dict[int, dict[str, Any]]:
     x, y, w = decoded_split(data_root, "train", size)
-    return keras_fit_rate(x, y, w, model=model, size=size, global_batch=WORKERS * WORKER_BATCH,
-                          epochs=epochs, threads=2)
+    # threads only on the first call: TensorFlow's pools are fixed once it has started.
+    return {b: keras_fit_rate(x, y, w, model=model, size=size, global_batch=b, epochs=epochs,
+                              threads=2 if i == 0 else None)
+            for i, b in enumerate(global_batches)}
 
 
-def keras_baseline(data_root: str, size: int, *, epochs: int, model: str = MODEL,
-                   log: Log = say) -> dict[str, Any]:
-    """:func:`keras_fit_rate` in a fresh 2-CPU Ray actor (the 2 cores the workers share)."""
-    out = call_in_actor(_keras_baseline, data_root, size, model, epochs, num_cpus=2)
-    log(f"  plain keras: {[round(e['images_per_s']) for e in out['epochs']]} images/s per epoch")
+def keras_baselines(data_root: str, size: int, *, epochs: int, global_batches: tuple[int, ...],
+                    model: str = MODEL, log: Log = say) -> dict[int, dict[str, Any]]:
+    """:func:`keras_fit_rate` per global batch in one fresh 2-CPU Ray actor (the 2 cores
+    the training workers share)."""
+    out = call_in_actor(_keras_baselines, data_root, size, model, epochs, global_batches,
+                        num_cpus=2)
+    for b, r in out.items():
+        log(f"  plain keras, batch {b}: {[round(e['images_per_s']) for e in r['epochs']]} "
+            "images/s per epoch")
     return out
 
 
@@ -150,7 +172,13 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     import ray
 
     patients, per_patient, epochs = (6, 120, 3) if opts.quick else (12, 250, 4)
-    variants = (True,) if opts.quick else (True, False)
+    # (Parquet reader, train.batch_size, augment): today's pipeline, then the proposed Parquet
+    # reader, then also the batch MWMS should get (2 workers x 64 rows per step), and in
+    # full runs without augmentation to show what it still costs.
+    variants = [("v2", WORKER_BATCH, True), ("v1", WORKER_BATCH, True),
+                ("v1", WORKERS * WORKER_BATCH, True)]
+    if not opts.quick:
+        variants.append(("v1", WORKERS * WORKER_BATCH, False))
     rows, details = [], []
     for size in opts.sizes:
         root, manifest = synthetic_dataset(opts.out / "data", size, patients=patients,
@@ -159,24 +187,30 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
             f"patches, {epochs} epochs")
         start_ray(num_cpus=4, object_store_mb=1024)
         try:
-            base = keras_baseline(root, size, epochs=epochs, log=log)
-            for augment in variants:
+            bases = keras_baselines(root, size, epochs=epochs, log=log,
+                                    global_batches=tuple(sorted({b for _, b, _ in variants})))
+            for reader, batch, augment in variants:
                 ours = patchray_training(root, manifest, size, epochs=epochs, augment=augment,
+                                         reader=reader, batch_size=batch,
                                          storage_root=opts.out / "train-runs", log=log)
-                rows.append({"size": size, "model": MODEL, "augment": augment,
+                base = bases[batch]  # plain Keras at the same global batch per step
+                rows.append({"size": size, "model": MODEL, "parquet_reader": reader,
+                             "global_batch": batch, "augment": augment,
                              "patchray_images_per_s": ours["images_per_s"],
                              "keras_images_per_s": base["images_per_s"],
                              "efficiency": ours["images_per_s"] / base["images_per_s"]})
-                details.append({"size": size, "augment": augment, "patchray": ours,
-                                "keras": base})
+                details.append({"size": size, "parquet_reader": reader, "global_batch": batch,
+                                "augment": augment, "patchray": ours, "keras": base})
         finally:
             ray.shutdown()
-    print(format_table(rows, ["size", "model", "augment", "patchray_images_per_s",
+    print(format_table(rows, ["size", "model", "parquet_reader", "global_batch", "augment",
+                              "patchray_images_per_s",
                               "keras_images_per_s", "efficiency"]), flush=True)
     log("efficiency = patchray / plain keras images/s on the same 2 cores (goal >= 0.85)")
     chart = bar_chart(
         opts.out / f"{NAME}.png",
-        {f"{r['size']}x{r['size']}{'' if r['augment'] else ' no-aug'}":
+        {f"{r['size']}px {r['parquet_reader']} b{r['global_batch']}"
+         f"{'' if r['augment'] else ' no-aug'}":
          {"patchray (Ray Train, 2 workers)": r["patchray_images_per_s"],
           "plain keras fit (in memory)": r["keras_images_per_s"]} for r in rows},
         title=f"{MODEL} training images/s on 2 cores", ylabel="images/s",

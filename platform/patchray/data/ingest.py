@@ -125,9 +125,7 @@ class SplitWriter:
 
 def begin_dataset(root: str) -> None:
     """Remove the old manifest first: until the new one exists, the dataset is unfinished."""
-    fs, path = storage.resolve(storage.join(root, MANIFEST))
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_file(path)
+    storage.delete(storage.join(root, MANIFEST), missing_ok=True)  # StorageError, not OSError
 
 
 def remove_stale_parts(root: str, keep: Iterable[str]) -> list[str]:

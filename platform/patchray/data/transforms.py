@@ -214,9 +214,14 @@ def prepare_training_batch(
     augment_patches: bool,
     weights: dict[int, float],
     seed: int | None = None,
+    encoding: str = "png",
 ) -> dict[str, np.ndarray]:
-    """One Ray Data batch of records -> model inputs ``x``, targets ``y``, sample weights ``w``."""
-    pixels = decode_patches(list(batch["image"]), size)
+    """One Ray Data batch of records -> model inputs ``x``, targets ``y``, sample weights ``w``.
+
+    ``encoding="raw"`` (see :func:`decode_patches`) also needs the ``height`` and ``width``
+    columns in ``batch`` unless every patch is ``size`` x ``size``."""
+    pixels = decode_patches(list(batch["image"]), size, encoding=encoding,
+                            heights=batch.get("height"), widths=batch.get("width"))
     # augment reads uint8 as pixels / 255 itself, saving a float pass over the batch.
     x = augment(pixels, np.random.default_rng(seed)) if augment_patches else normalise(pixels)
     y = np.asarray(batch["label"], dtype=np.float32)

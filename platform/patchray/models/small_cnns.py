@@ -61,16 +61,24 @@ def build_cnn2(*, name: str, input_size: int) -> "tf_keras.Model":
     description="CNN-6L (Bonnet 2024): 3x [2x (Conv3x3-BN-ReLU) + MaxPool + Dropout], Dense 256",
 )
 def build_cnn6(
-    *, name: str, input_size: int, dropout: float = 0.3, dense_dropout: float = 0.5
+    *,
+    name: str,
+    input_size: int,
+    dropout: float = 0.3,
+    dense_dropout: float = 0.5,
+    bn_momentum: float = 0.9,
 ) -> "tf_keras.Model":
     """CNN-6L: six Conv3x3-BN-ReLU (32,32,64,64,128,128), pool+dropout per pair, Dense 256.
 
     ``dropout`` follows each 2x2 max pool; ``dense_dropout`` follows the Dense-256-BN-ReLU block.
     Convolutions and the dense layer have no bias: the BatchNorm right after them has its own
-    offset (beta), so a bias would be redundant.
+    offset (beta), so a bias would be redundant. ``bn_momentum`` is 0.9 rather than Keras'
+    0.99: with short schedules (a few hundred steps) 0.99 leaves the inference statistics
+    near their initial values, and validation then scores a different network than training.
     """
     dropout = check_rate(name, "dropout", dropout)
     dense_dropout = check_rate(name, "dense_dropout", dense_dropout)
+    bn_momentum = check_rate(name, "bn_momentum", bn_momentum)
     keras = load_keras()
     layers = keras.layers
     inputs, x = patch_inputs(input_size, CNN6_MIN_INPUT)
@@ -79,13 +87,13 @@ def build_cnn6(
         for _ in range(2):
             conv += 1
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"bn{conv}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{conv}")(x)
             x = layers.ReLU(name=f"relu{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
         x = layers.Dropout(dropout, name=f"dropout{block}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(256, use_bias=False, name="fc")(x)
-    x = layers.BatchNormalization(name="fc_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="fc_bn")(x)
     x = layers.ReLU(name="fc_relu")(x)
     x = layers.Dropout(dense_dropout, name="fc_dropout")(x)
     return keras.Model(inputs, tumour_output(x), name=name)

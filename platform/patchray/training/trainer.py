@@ -80,14 +80,14 @@ def run_config(cfg: PipelineConfig, *, storage_root: str, run_name: str) -> Any:
 
     return RunConfig(
         name=run_name,
-        storage_path=storage_root,
+        **storage.ray_storage_args(storage_root),  # s3://: an explicit, endpoint-aware fs
         checkpoint_config=CheckpointConfig(
             num_to_keep=cfg.train.keep_checkpoints,
             checkpoint_score_attribute="val_auc",
             checkpoint_score_order="max",
         ),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        worker_runtime_env={"env_vars": {**LEGACY_KERAS_ENV, **QUIET_TF_ENV}},
+        worker_runtime_env={"env_vars": {**LEGACY_KERAS_ENV, **QUIET_TF_ENV, **storage.s3_env()}},
     )
 
 
@@ -126,14 +126,13 @@ def build_trainer(
 def previous_result(storage_root: str, run_name: str) -> Any | None:
     """The Ray Train ``Result`` of an earlier run with this name, or None if there is none."""
     from ray.train import Result
-
-    # Ray Train's CheckpointManager rewrites this file after every reported checkpoint.
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
+    # Ray Train's CheckpointManager rewrites this file after every reported checkpoint; it is
+    # what a trainer with the same RunConfig(name, storage_path) restores from.
     run_uri = storage.join(storage_root, run_name)
     if not storage.exists(storage.join(run_uri, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)):
         return None
-
     fs, path = storage.resolve(run_uri)
     result = Result.from_path(path, storage_filesystem=fs)
     return result if result.checkpoint is not None else None

@@ -1,0 +1,86 @@
+"""Training configuration without a cluster: GPU/precision settings, the ScalingConfig they
+produce, the job specs in jobs/, and the checkpoint bookkeeping that makes resuming visible."""
+
+from pathlib import Path
+
+import pytest
+
+from patchray.config import load_config
+from patchray.errors import ConfigError
+from patchray.training.loop import ARCHITECTURE_KEYS, Progress, architecture_mismatch
+from patchray.training.trainer import loop_config, scaling_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_scaling_config_reserves_cpus_only():
+    sc = scaling_config(load_config(overrides=["train.num_workers=3", "train.cpus_per_worker=2"]))
+    assert sc.num_workers == 3 and sc.use_gpu is False
+    assert sc.resources_per_worker == {"CPU": 2}
+
+
+def test_use_gpu_reserves_a_gpu_share_per_worker():
+    cfg = load_config(overrides=["train.use_gpu=true", "train.gpus_per_worker=0.5"])
+    sc = scaling_config(cfg)
+    assert sc.use_gpu is True and sc.num_workers == 2
+    assert sc.resources_per_worker == {"CPU": 1, "GPU": 0.5}
+    assert sc.num_gpus_per_worker == 0.5
+
+
+def test_use_gpu_without_a_gpu_share_is_rejected():
+    # Ray's ScalingConfig would accept it and schedule GPU-less "GPU" workers.
+    with pytest.raises(ConfigError, match="gpus_per_worker is 0"):
+        load_config(overrides=["train.use_gpu=true", "train.gpus_per_worker=0"])
+
+
+def test_mixed_precision_needs_a_gpu_and_reaches_the_workers():
+    with pytest.raises(ConfigError, match="mixed_precision needs train.use_gpu"):
+        load_config(overrides=["train.mixed_precision=true"])
+    cfg = load_config(overrides=["train.use_gpu=true", "train.mixed_precision=true"])
+    assert loop_config(cfg)["mixed_precision"] is True
+    assert loop_config(load_config())["mixed_precision"] is False
+
+
+def test_job_specs_describe_their_datasets():
+    idc = load_config(REPO / "jobs" / "idc.yaml")
+    assert (idc.train.model, idc.train.input_size, idc.train.num_workers) == ("cnn6", 50, 2)
+    assert idc.data.class_weighting == "balanced" and idc.data.augment
+    assert idc.train.epochs >= 20 and idc.data.root
+    pcam = load_config(REPO / "jobs" / "pcam.yaml")
+    assert (pcam.train.model, pcam.train.input_size) == ("cnn6", 96)
+    demo = load_config(REPO / "jobs" / "train-demo.yaml")
+    assert demo.dataset == "synthetic" and demo.data.root and demo.train.epochs <= 6
+    for cfg in (idc, pcam, demo):
+        assert cfg.name and not cfg.train.use_gpu  # GPU is an explicit --set
+
+
+def test_resumed_progress_keeps_history_and_counts_attempts():
+    config = loop_config(load_config(overrides=["train.epochs=4"]))
+    first = Progress()
+    first.history += [{"epoch": 0, "attempt": 1}, {"epoch": 1, "attempt": 1}]
+    meta = first.meta(1, "ckpt", config)
+    assert meta["attempt"] == 1 and meta["resumed_from_epoch"] is None and meta["epochs"] == 4
+
+    second = Progress.from_meta(meta)
+    assert second.start_epoch == 2 and second.attempt == 2
+    assert second.history == meta["history"] and second.history is not meta["history"]
+    meta2 = second.meta(3, "ckpt", config)
+    assert meta2["resumed_from_epoch"] == 1
+    assert meta2["resumes"] == [{"attempt": 2, "from_epoch": 1}]
+    third = Progress.from_meta(meta2)
+    assert third.attempt == 3 and [r["from_epoch"] for r in third.resumes] == [1, 3]
+
+
+def test_checkpoint_resumes_only_into_the_same_network():
+    config = loop_config(load_config(overrides=["train.model=cnn6"]))
+    meta = Progress().meta(0, "ckpt", config)
+    assert set(ARCHITECTURE_KEYS) <= set(meta)
+    assert architecture_mismatch(meta, config) == []
+    # Batch size, learning rate and worker count may change between attempts...
+    assert architecture_mismatch(meta, {**config, "batch_size": 7, "learning_rate": 1.0}) == []
+    # ...the network may not.
+    changed = {**config, "model_args": {"dropout": 0.1}, "input_size": 96}
+    assert [m.split(":")[0] for m in architecture_mismatch(meta, changed)] == [
+        "model_args", "input_size"]
+    older = {k: v for k, v in meta.items() if k != "mixed_precision"}  # before the flag existed
+    assert architecture_mismatch(older, config) == []
