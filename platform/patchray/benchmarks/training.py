@@ -19,6 +19,7 @@ Efficiency = patchray images/s / plain Keras images/s (goal >= 0.85).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
         raise result.error
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / CHECKPOINT_META).read_text())["history"]
+    shutil.rmtree(storage_root / run_name, ignore_errors=True)  # checkpoints: not needed
     rows = manifest["splits"]["train"]["rows"]
     per_epoch = epoch_rates(history, rows - rows % WORKERS, batch_size)
     log(f"  patchray (Parquet {reader}, train.batch_size {batch_size}, "

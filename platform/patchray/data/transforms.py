@@ -198,6 +198,11 @@ def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return apply_augment(batch, draw_augment_params(batch.shape[0], rng))
 
 
+def to_pixels(x: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, rounding (the inverse of :func:`normalise` up to 1/510)."""
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def class_weights(label_counts: dict[str, int], mode: str) -> dict[int, float]:
     """Per-class sample weights; ``balanced`` makes each class weigh half of the loss."""
     n0, n1 = int(label_counts.get("0", 0)), int(label_counts.get("1", 0))
@@ -216,14 +221,17 @@ def prepare_training_batch(
     seed: int | None = None,
     encoding: str = "png",
 ) -> dict[str, np.ndarray]:
-    """One Ray Data batch of records -> model inputs ``x``, targets ``y``, sample weights ``w``.
+    """One Ray Data batch of records -> uint8 patches ``x``, targets ``y``, weights ``w``.
 
-    ``encoding="raw"`` (see :func:`decode_patches`) also needs the ``height`` and ``width``
-    columns in ``batch`` unless every patch is ``size`` x ``size``."""
-    pixels = decode_patches(list(batch["image"]), size, encoding=encoding,
-                            heights=batch.get("height"), widths=batch.get("width"))
-    # augment reads uint8 as pixels / 255 itself, saving a float pass over the batch.
-    x = augment(pixels, np.random.default_rng(seed)) if augment_patches else normalise(pixels)
+    ``x`` stays uint8 (the worker applies :func:`normalise`): float32 would be 4x the bytes
+    in Ray's object store and in every in-flight block, which is what bounds memory when a
+    dataset is many times larger than the store. ``encoding="raw"`` (see
+    :func:`decode_patches`) also needs the ``height`` and ``width`` columns in ``batch``
+    unless every patch is ``size`` x ``size``."""
+    x = decode_patches(list(batch["image"]), size, encoding=encoding,
+                       heights=batch.get("height"), widths=batch.get("width"))
+    if augment_patches:
+        x = to_pixels(augment(x, np.random.default_rng(seed)))
     y = np.asarray(batch["label"], dtype=np.float32)
     w = np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
     return {"x": x, "y": y, "w": w}

@@ -59,6 +59,22 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _mark_operating_point(ax: Any, x: float, y: float, label: str) -> None:
+    ax.plot(x, y, "o", color=_POINT_COLOR, ms=8, zorder=5, label=label)
+
+
+def _finish_unit_axes(ax: Any, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """Square [0, 1] axes with labels, grid and legend (ROC and precision-recall)."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=9)
+
+
 def plot_roc(
     y_true: Any,
     y_score: Any,
@@ -77,26 +93,13 @@ def plot_roc(
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance (AUC = 0.5)")
     if threshold is not None:
         m = binary_metrics(y_true, y_score, threshold)
-        ax.plot(
-            1.0 - m.specificity,
-            m.sensitivity,
-            "o",
-            color=_POINT_COLOR,
-            ms=8,
-            zorder=5,
-            label=(
-                f"threshold {m.threshold:.3g}: sensitivity {m.sensitivity:.3f}, "
-                f"specificity {m.specificity:.3f}"
-            ),
+        _mark_operating_point(
+            ax, 1.0 - m.specificity, m.sensitivity,
+            f"threshold {m.threshold:.3g}: sensitivity {m.sensitivity:.3f}, "
+            f"specificity {m.specificity:.3f}",
         )
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("False positive rate (1 - specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    _finish_unit_axes(ax, "False positive rate (1 - specificity)",
+                      "True positive rate (sensitivity)", title, "lower right")
     return _save(fig, path)
 
 
@@ -122,26 +125,13 @@ def plot_precision_recall(
                label=f"chance (tumour prevalence = {prevalence:.3f})")
     if threshold is not None and math.isfinite(m.precision):
         # precision is undefined when nothing is predicted tumour: no point to mark
-        ax.plot(
-            m.sensitivity,
-            m.precision,
-            "o",
-            color=_POINT_COLOR,
-            ms=8,
-            zorder=5,
-            label=(
-                f"threshold {m.threshold:.3g}: recall {m.sensitivity:.3f}, "
-                f"precision {m.precision:.3f}"
-            ),
+        _mark_operating_point(
+            ax, m.sensitivity, m.precision,
+            f"threshold {m.threshold:.3g}: recall {m.sensitivity:.3f}, "
+            f"precision {m.precision:.3f}",
         )
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Recall (sensitivity)")
-    ax.set_ylabel("Precision (positive predictive value)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
+    _finish_unit_axes(ax, "Recall (sensitivity)", "Precision (positive predictive value)",
+                      title, "lower left")
     return _save(fig, path)
 
 

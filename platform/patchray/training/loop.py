@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from patchray import storage
+from patchray.data.transforms import normalise
 from patchray.evaluation.metrics import binary_metrics
 
 CHECKPOINT_META = "meta.json"
@@ -161,7 +162,7 @@ def _shard_to_tf(shard: Any, batch_size: int, size: int, tf: Any) -> Any:
 
     def batches():
         for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-            yield b["x"], b["y"], b["w"]
+            yield normalise(b["x"]), b["y"], b["w"]
 
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     options = tf.data.Options()
@@ -185,7 +186,7 @@ def _predict_split(
         )
     xs, ys, ps = [], [], []
     for x, y in batches:
-        ps.append(np.asarray(model(x, training=False)).reshape(-1))
+        ps.append(np.asarray(model(normalise(x), training=False)).reshape(-1))
         ys.append(y)
         xs.append(x)
     if cache is not None and not cache:
@@ -308,7 +309,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # One fit call for all epochs: from_generator re-iterates the Ray Data shard each
         # epoch, and the distributed train step is traced once, not once per epoch.
         model.fit(
-            _shard_to_tf(ray.train.get_dataset_shard("train"), batch, config["input_size"], tf),
+            # MultiWorkerMirroredStrategy reads each worker's dataset batch as the GLOBAL batch
+            # and splits it over all replicas: feed world * batch rows so every replica steps
+            # on train.batch_size rows, as the config promises.
+            _shard_to_tf(ray.train.get_dataset_shard("train"), batch * world,
+                         config["input_size"], tf),
             epochs=epochs,
             initial_epoch=progress.start_epoch,
             callbacks=[_keras_callback(keras, reporter, model.optimizer)],
