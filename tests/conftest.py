@@ -62,6 +62,20 @@ def ray_cluster(metrics_port):
 
 
 @pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """An ingested synthetic dataset, 3 patients x 16 patches of 32x32: one patient per split."""
+    from patchray.config import DataConfig
+    from patchray.pipeline import make_synthetic_dataset
+
+    root = str(tmp_path_factory.mktemp("tiny-data"))
+    data = DataConfig.model_validate(
+        {"synthetic": {"num_patients": 3, "patches_per_patient": 16, "patch_size": 32}}
+    )
+    make_synthetic_dataset(data, root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def shared_idc() -> Path:
     if not SHARED_IDC.is_dir():
         pytest.skip(f"real IDC sample not present at {SHARED_IDC}")

@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-EPOCHS = 4
+EPOCHS = 3
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -70,22 +70,9 @@ def _survivors(seen: set[int], grace_s: float = 30) -> list[str]:
     return described
 
 
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory) -> str:
-    from patchray.config import DataConfig
-    from patchray.pipeline import make_synthetic_dataset
-
-    root = str(tmp_path_factory.mktemp("ingested"))
-    data = DataConfig.model_validate(
-        {"synthetic": {"num_patients": 4, "patches_per_patient": 24, "patch_size": 32}}
-    )
-    make_synthetic_dataset(data, root)
-    return root
-
-
-def test_killed_driver_resumes_from_its_last_checkpoint_when_rerun(ingested, tmp_path):
+def test_killed_driver_resumes_from_its_last_checkpoint_when_rerun(tiny_dataset, tmp_path):
     args = ["train", "--set", f"runs_root={tmp_path / 'runs'}", "--set", "name=resume",
-            "--set", f"data.root={ingested}", "--set", "train.model=tiny",
+            "--set", f"data.root={tiny_dataset}", "--set", "train.model=tiny",
             "--set", "train.input_size=32", "--set", f"train.epochs={EPOCHS}",
             "--set", "train.batch_size=8", "--set", "data.augment=false",
             "--set", "ray.num_cpus=4", "--set", "ray.object_store_memory_mb=256"]
@@ -134,3 +121,6 @@ def test_killed_driver_resumes_from_its_last_checkpoint_when_rerun(ingested, tmp
     # The exported checkpoint is a best one by val AUC (ties allowed), whichever attempt made it.
     assert history[metrics["best_epoch"]]["val_auc"] == max(h["val_auc"] for h in history)
     assert (run_dir / "model" / "tiny-synthetic" / "1" / "model.xml").is_file()
+    digests = [json.loads(p.read_text())["trainable_weights_sha256"]
+               for p in sorted((run_dir / "train" / "replicas").glob("rank*.json"))]
+    assert len(digests) == 2 and digests[0] == digests[1]

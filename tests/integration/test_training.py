@@ -29,20 +29,6 @@ FAST_MODELS = {
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of reported checkpoints
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> str:
-    """3 patients x 16 patches of 32x32: one patient (16 patches) per split."""
-    from patchray.config import DataConfig
-    from patchray.pipeline import make_synthetic_dataset
-
-    root = str(tmp_path_factory.mktemp("tiny-data"))
-    data = DataConfig.model_validate(
-        {"synthetic": {"num_patients": 3, "patches_per_patient": 16, "patch_size": 32}}
-    )
-    make_synthetic_dataset(data, root)
-    return root
-
-
 def train_config(tmp_path: Path, *overrides: str):
     from patchray.config import load_config
 
@@ -106,7 +92,7 @@ def test_killed_worker_is_replaced_and_training_resumes_from_checkpoint(
 ):
     from patchray.training.trainer import run_training
 
-    cfg = train_config(tmp_path, "train.model=cnn2", "train.epochs=4", "train.max_failures=2")
+    cfg = train_config(tmp_path, "train.model=cnn2", "train.epochs=3", "train.max_failures=2")
     killer = KillWorkerAfterFirstCheckpoint(tmp_path / "train")
     killer.start()
     try:
@@ -122,7 +108,7 @@ def test_killed_worker_is_replaced_and_training_resumes_from_checkpoint(
     meta = latest_meta(tmp_path)
     history = meta["history"]
     # Every epoch exactly once: the restarted workers continued, they did not start over.
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
     assert meta["attempt"] == 2, meta["resumes"]
     (resume,) = meta["resumes"]
     assert resume["attempt"] == 2 and meta["resumed_from_epoch"] == resume["from_epoch"] >= 0
@@ -133,7 +119,7 @@ def test_killed_worker_is_replaced_and_training_resumes_from_checkpoint(
     assert outcome.history == history and outcome.epochs_before == 0 and outcome.trained
     # The optimizer state came back too: step counts continue instead of restarting at 0.
     steps = [h["optimizer_steps"] for h in history]
-    assert steps == sorted(steps) and len(set(steps)) == 4
+    assert steps == sorted(steps) and len(set(steps)) == 3
     digests = replica_digests(tmp_path / "train")
     assert sorted(digests) == [0, 1] and digests[0] == digests[1]
 

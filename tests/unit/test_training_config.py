@@ -28,7 +28,7 @@ def test_use_gpu_reserves_a_gpu_share_per_worker():
 
 
 def test_use_gpu_without_a_gpu_share_is_rejected():
-    # Ray's ScalingConfig would accept it and schedule GPU-less "GPU" workers.
+    # Ray 2.60's ScalingConfig accepts it and silently reserves 1 GPU per worker instead.
     with pytest.raises(ConfigError, match="gpus_per_worker is 0"):
         load_config(overrides=["train.use_gpu=true", "train.gpus_per_worker=0"])
 

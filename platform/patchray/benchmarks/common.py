@@ -191,23 +191,6 @@ def call_in_actor(fn: Callable[..., Any], *args: Any, num_cpus: float, **kwargs:
 PARQUET_READERS = ("v2", "v1")
 
 
-@contextlib.contextmanager
-def parquet_reader(version: str) -> Iterator[None]:
-    """Which Ray Data Parquet reader datasets created inside use: ``v2`` (Ray 2.60's default,
-    ``ListFiles -> ReadFiles``) or ``v1`` (``ReadParquet``). Chosen when ``read_parquet`` runs."""
-    import ray.data
-
-    if version not in PARQUET_READERS:
-        raise ValueError(f"parquet reader must be one of {PARQUET_READERS}, got {version!r}")
-    ctx = ray.data.DataContext.get_current()
-    before = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = version == "v2"
-    try:
-        yield
-    finally:
-        ctx.use_datasource_v2 = before
-
-
 def start_ray(*, num_cpus: int = 4, object_store_mb: int = 1024) -> None:
     """A fresh local Ray cluster like the demo's (4 logical CPUs: 2 trainers + Ray Data)."""
     import ray

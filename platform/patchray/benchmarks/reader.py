@@ -26,7 +26,7 @@ import numpy as np
 
 from patchray.benchmarks.common import (
     PARQUET_READERS, BenchOptions, FreshProcess, Log, bar_chart, call_in_actor, format_table,
-    machine, parquet_reader, say, start_ray, synthetic_dataset, write_results,
+    machine, say, start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "reader"
@@ -89,15 +89,14 @@ def measure_reader(root: str, manifest: dict[str, Any], size: int, *, epochs: in
 
     Epoch 1 includes starting Ray Data's workers; later epochs show the steady rate (each
     still pays the pipeline's restart, as every training epoch does). ``reader`` picks Ray
-    Data's Parquet reader (see :func:`parquet_reader`)."""
+    Data's Parquet reader (see :func:`patchray.data.pipeline.use_parquet_reader`)."""
     import ray
 
     from patchray.data.pipeline import training_dataset
 
-    with parquet_reader(reader):
-        ds = training_dataset(root, "train", size=size, augment=True,
-                              label_counts=manifest["splits"]["train"]["labels"],
-                              weighting="balanced")
+    ds = training_dataset(root, "train", size=size, augment=True,
+                          label_counts=manifest["splits"]["train"]["labels"],
+                          weighting="balanced", parquet_reader=reader)
     shards = ds.streaming_split(workers, equal=True)
     actor = ray.remote(num_cpus=1)(FreshProcess)
     readers = [actor.remote() for _ in range(workers)]

@@ -2,11 +2,10 @@
 
 *patchray*: :func:`patchray.training.trainer.build_trainer` + ``fit`` (Ray Data streaming PNG
 decode + augmentation, Ray Train with 2 workers of 1 CPU and 1 thread each, the demo's
-settings: 4 logical CPUs, ``train.batch_size`` 64). Images/s per epoch come from the
-``train_seconds`` and ``optimizer_steps`` the training loop reports; epoch 1 (tracing, Ray Data
-start-up) is left out. Variants: Ray Data's Parquet reader v2 (today) or v1, and
-``train.batch_size`` 64 (today: MultiWorkerMirroredStrategy splits each worker's batch over
-both replicas, so a step takes 64 rows, 32 per worker) or 128 (64 per worker per step).
+settings: 4 logical CPUs, ``train.batch_size`` 32 per worker, so 64 patches per optimizer
+step). Images/s per epoch come from the ``train_seconds`` and ``optimizer_steps`` the training
+loop reports; epoch 1 (tracing, Ray Data start-up) is left out. Variants: with and without
+augmentation (full runs).
 *plain Keras*: ``tf_keras`` ``fit`` on the same train split already decoded in memory, same
 model, same global batch per step, one process with 2 intra-op threads in a 2-CPU Ray actor:
 the same 2 cores, no input pipeline, no all-reduce.
@@ -27,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, parquet_reader, say,
+    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, say,
     start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "training"
 MODEL = "cnn6"
 WORKERS = 2
-WORKER_BATCH = 64
+WORKER_BATCH = 32
 
 
 def epoch_rates(history: list[dict[str, Any]], images_per_epoch: int,
@@ -58,16 +57,13 @@ def steady_rate(epochs: list[dict[str, float]]) -> float:
 
 
 def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, epochs: int,
-                      storage_root: Path, augment: bool = True, reader: str = "v2",
+                      storage_root: Path, augment: bool = True,
                       batch_size: int = WORKER_BATCH, model: str = MODEL,
                       log: Log = say) -> dict[str, Any]:
     """Train with Ray Train as ``patchray train`` does; images/s per epoch.
 
-    ``reader`` picks Ray Data's Parquet reader for the datasets (``v2`` is what patchray
-    gets today, see :func:`patchray.benchmarks.common.parquet_reader`). ``batch_size`` is
-    ``train.batch_size``: the rows each worker's tf.data yields per batch, which
-    MultiWorkerMirroredStrategy treats as the *global* batch and splits over the
-    replicas, so one optimizer step takes ``batch_size`` rows in total."""
+    ``batch_size`` is ``train.batch_size``, per worker: one optimizer step takes
+    ``batch_size * WORKERS`` rows."""
     from patchray.config import load_config
     from patchray.training.loop import CHECKPOINT_META
     from patchray.training.trainer import build_trainer
@@ -77,11 +73,10 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
         f"train.batch_size={batch_size}", f"train.num_workers={WORKERS}",
         f"data.augment={str(augment).lower()}", "train.keep_checkpoints=1",
     ])
-    run_name = (f"{model}-{size}px-{reader}-b{batch_size}-{'aug' if augment else 'noaug'}-"
+    run_name = (f"{model}-{size}px-b{batch_size}-{'aug' if augment else 'noaug'}-"
                 f"{time.strftime('%H%M%S')}")
-    with parquet_reader(reader):
-        trainer = build_trainer(cfg, data_root=data_root,
-                                storage_root=str(storage_root.resolve()), run_name=run_name)
+    trainer = build_trainer(cfg, data_root=data_root,
+                            storage_root=str(storage_root.resolve()), run_name=run_name)
     t0 = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - t0
@@ -91,13 +86,13 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
         history = json.loads((Path(d) / CHECKPOINT_META).read_text())["history"]
     shutil.rmtree(storage_root / run_name, ignore_errors=True)  # checkpoints: not needed
     rows = manifest["splits"]["train"]["rows"]
-    per_epoch = epoch_rates(history, rows - rows % WORKERS, batch_size)
-    log(f"  patchray (Parquet {reader}, train.batch_size {batch_size}, "
+    per_epoch = epoch_rates(history, rows - rows % WORKERS, batch_size * WORKERS)
+    log(f"  patchray (train.batch_size {batch_size} per worker, "
         f"{'augment' if augment else 'no augment'}): "
         f"{[round(e['images_per_s']) for e in per_epoch]} images/s per epoch, "
         f"{[e['steps'] for e in per_epoch]} steps ({wall:.0f}s)")
     return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch), "wall_seconds": wall,
-            "global_batch_per_step": batch_size,
+            "global_batch_per_step": batch_size * WORKERS,
             "steps_if_global_batch_were_workers_x_batch": -(-(rows // WORKERS) // batch_size)}
 
 
@@ -174,13 +169,8 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     import ray
 
     patients, per_patient, epochs = (6, 120, 3) if opts.quick else (12, 250, 4)
-    # (Parquet reader, train.batch_size, augment): today's pipeline, then the proposed Parquet
-    # reader, then also the batch MWMS should get (2 workers x 64 rows per step), and in
-    # full runs without augmentation to show what it still costs.
-    variants = [("v2", WORKER_BATCH, True), ("v1", WORKER_BATCH, True),
-                ("v1", WORKERS * WORKER_BATCH, True)]
-    if not opts.quick:
-        variants.append(("v1", WORKERS * WORKER_BATCH, False))
+    # (train.batch_size per worker, augment); full runs also show what augmentation costs.
+    variants = [(WORKER_BATCH, True)] + ([] if opts.quick else [(WORKER_BATCH, False)])
     rows, details = [], []
     for size in opts.sizes:
         root, manifest = synthetic_dataset(opts.out / "data", size, patients=patients,
@@ -190,28 +180,28 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
         start_ray(num_cpus=4, object_store_mb=1024)
         try:
             bases = keras_baselines(root, size, epochs=epochs, log=log,
-                                    global_batches=tuple(sorted({b for _, b, _ in variants})))
-            for reader, batch, augment in variants:
+                                    global_batches=tuple(sorted({b * WORKERS for b, _ in variants})))
+            for batch, augment in variants:
                 ours = patchray_training(root, manifest, size, epochs=epochs, augment=augment,
-                                         reader=reader, batch_size=batch,
+                                         batch_size=batch,
                                          storage_root=opts.out / "train-runs", log=log)
-                base = bases[batch]  # plain Keras at the same global batch per step
-                rows.append({"size": size, "model": MODEL, "parquet_reader": reader,
-                             "global_batch": batch, "augment": augment,
+                base = bases[batch * WORKERS]  # plain Keras at the same global batch per step
+                rows.append({"size": size, "model": MODEL,
+                             "global_batch": batch * WORKERS, "augment": augment,
                              "patchray_images_per_s": ours["images_per_s"],
                              "keras_images_per_s": base["images_per_s"],
                              "efficiency": ours["images_per_s"] / base["images_per_s"]})
-                details.append({"size": size, "parquet_reader": reader, "global_batch": batch,
+                details.append({"size": size, "global_batch": batch * WORKERS,
                                 "augment": augment, "patchray": ours, "keras": base})
         finally:
             ray.shutdown()
-    print(format_table(rows, ["size", "model", "parquet_reader", "global_batch", "augment",
+    print(format_table(rows, ["size", "model", "global_batch", "augment",
                               "patchray_images_per_s",
                               "keras_images_per_s", "efficiency"]), flush=True)
     log("efficiency = patchray / plain keras images/s on the same 2 cores (goal >= 0.85)")
     chart = bar_chart(
         opts.out / f"{NAME}.png",
-        {f"{r['size']}px {r['parquet_reader']} b{r['global_batch']}"
+        {f"{r['size']}px b{r['global_batch']}"
          f"{'' if r['augment'] else ' no-aug'}":
          {"patchray (Ray Train, 2 workers)": r["patchray_images_per_s"],
           "plain keras fit (in memory)": r["keras_images_per_s"]} for r in rows},

@@ -7,7 +7,9 @@ the dataset on the driver.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 from patchray import storage
@@ -19,7 +21,9 @@ from patchray.errors import DataError
 READ_COLUMNS = ["image", "label"]
 
 
-def read_split(root: str, split: str, *, columns: list[str] | None = None) -> Any:
+def read_split(
+    root: str, split: str, *, columns: list[str] | None = None, parquet_reader: str = "v1"
+) -> Any:
     """A lazy Ray Dataset over one split (train/val/test) of the dataset at ``root``.
 
     Page checksums are not verified here: Ray Data 2.60's default (V2) Parquet reader drops
@@ -36,17 +40,33 @@ def read_split(root: str, split: str, *, columns: list[str] | None = None) -> An
         raise DataError(f"{root}: split {split!r} has no files in manifest.json")
     fs, _ = storage.resolve(root)
     paths = [storage.resolve(storage.join(root, name))[1] for name in files]
-    # Ray 2.60's default Parquet reader (datasource V2) runs a file-listing task before the
-    # first block of every execution, i.e. every epoch: first batch after 10-34 s vs 1.3-1.9 s
-    # with V1 (python -m patchray.benchmarks reader). The reader is fixed when the plan is built.
-    ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
+    with use_parquet_reader(parquet_reader):
         return ray.data.read_parquet(
             paths, filesystem=fs, columns=columns or READ_COLUMNS, schema=PATCH_SCHEMA
         )
+
+
+PARQUET_READERS = ("v1", "v2")
+
+
+@contextlib.contextmanager
+def use_parquet_reader(version: str) -> Iterator[None]:
+    """Pick Ray Data's Parquet reader for datasets created inside (fixed at plan time).
+
+    patchray defaults to ``v1``: Ray 2.60's default (datasource ``v2``) runs a file-listing
+    task before the first block of every execution, i.e. every epoch, which delayed the
+    first batch by 10-34 s vs 1.3-1.9 s for ``v1`` (``python -m patchray.benchmarks reader``).
+    """
+    import ray.data
+
+    if version not in PARQUET_READERS:
+        raise DataError(f"parquet_reader must be one of {PARQUET_READERS}, got {version!r}")
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, version == "v2"
+    try:
+        yield
     finally:
-        ctx.use_datasource_v2 = v2
+        ctx.use_datasource_v2 = before
 
 
 def training_dataset(
@@ -58,14 +78,16 @@ def training_dataset(
     label_counts: dict[str, int] | None = None,
     weighting: str = "none",
     batch_size: int = 256,
+    parquet_reader: str = "v1",
 ) -> Any:
-    """Split ``split`` as a Ray Dataset of ``x`` (float32 NHWC in [0,1]), ``y`` and ``w``."""
+    """Split ``split`` as a Ray Dataset of ``x`` (uint8 NHWC patches; the training worker
+    scales them to [0, 1]), ``y`` (label) and ``w`` (sample weight)."""
     weights = class_weights(label_counts or {}, weighting)
     # Fresh entropy per batch (seed=None): a fixed seed would repeat the same augmentation
     # every epoch, and Ray Data's streaming order is not repeatable anyway.
     prepare = functools.partial(
         prepare_training_batch, size=size, augment_patches=augment, weights=weights, seed=None
     )
-    return read_split(root, split).map_batches(
+    return read_split(root, split, parquet_reader=parquet_reader).map_batches(
         prepare, batch_format="numpy", batch_size=batch_size
     )
