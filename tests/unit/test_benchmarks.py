@@ -7,6 +7,7 @@ import pytest
 
 from patchray.benchmarks import augment as augment_bench
 from patchray.benchmarks import decode as decode_bench
+from patchray.benchmarks import ingest as ingest_bench
 from patchray.benchmarks.common import BenchOptions, format_table, interleaved_rates
 from patchray.benchmarks.memory import MemorySampler, memory_chart
 from patchray.benchmarks.reference import apply_augment_hsv
@@ -85,6 +86,17 @@ def test_benchmark_run_writes_json_and_chart(tmp_path, capsys):
     assert saved["rows"][0]["size"] == 20 == payload["rows"][0]["size"]
     assert (tmp_path / "augment.png").stat().st_size > 0
     assert "speedup" in capsys.readouterr().out
+
+
+def test_ingest_core_compares_ingest_with_copying_the_files(tmp_path):
+    src = tmp_path / "src"
+    files = ingest_bench.make_idc_tree(src, 50, patients=3, per_patient=8)
+    assert files == 24
+    row = ingest_bench.measure_ingest(src, tmp_path / "work", files, rounds=1)
+    assert row["patches"] == 24 and row["copy_per_s"] > 0 and row["ingest_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["ingest_per_s"] / row["copy_per_s"])
+    manifest = json.loads((tmp_path / "work" / "dataset" / "manifest.json").read_text())
+    assert sum(split["rows"] for split in manifest["splits"].values()) == 24
 
 
 def test_format_table_aligns_columns():

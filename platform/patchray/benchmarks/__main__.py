@@ -1,6 +1,6 @@
 """Run patchray's benchmarks.
 
-    python -m patchray.benchmarks {decode,augment,reader,training,memory,all} \\
+    python -m patchray.benchmarks {ingest,decode,augment,reader,training,memory,all} \\
         --out runs/bench [--size 50 --size 96] [--quick]
 
 ``--quick`` keeps each benchmark under about two minutes on 2 cores; full runs are larger
@@ -14,10 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from patchray.benchmarks import augment, decode, memory, reader, training
+from patchray.benchmarks import augment, decode, ingest, memory, reader, training
 from patchray.benchmarks.common import BenchOptions, say
 
 BENCHMARKS = {
+    "ingest": ingest.run,
     "decode": decode.run,
     "augment": augment.run,
     "reader": reader.run,
