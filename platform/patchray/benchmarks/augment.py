@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions, Log, bar_chart, format_table, interleaved_rates, machine, sample_patches, say,
-    single_thread, write_results,
+    BenchOptions, Log, bar_chart, finish, format_table, interleaved_rates, sample_patches, say,
+    single_thread,
 )
 from patchray.benchmarks.reference import apply_augment_hsv
 from patchray.data.records import encode_png
@@ -76,8 +76,4 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
         title="Patches/s per core: PNG decode vs augmentation before/after", ylabel="patches/s",
         log_scale=True,
     )
-    payload = {"benchmark": NAME, "quick": opts.quick, "machine": machine(), "rows": rows,
-               "chart": chart.name}
-    path = write_results(opts.out, NAME, payload)
-    log(f"wrote {path} and {chart}")
-    return payload
+    return finish(opts, NAME, rows, chart, log)

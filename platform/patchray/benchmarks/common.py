@@ -89,6 +89,16 @@ def write_results(out: Path, name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def finish(opts: "BenchOptions", name: str, rows: list[dict[str, Any]], chart: Path,
+           log: Callable[[str], None], **extra: Any) -> dict[str, Any]:
+    """The standard result payload (rows, machine, chart), written to ``<out>/<name>.json``."""
+    payload = {"benchmark": name, "quick": opts.quick, "machine": machine(), **extra,
+               "rows": rows, "chart": chart.name}
+    path = write_results(opts.out, name, payload)
+    log(f"wrote {path} and {chart}")
+    return payload
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain-text table; floats get 3 significant figures, large ones none after the point."""
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from patchray.benchmarks.common import (
-    BenchOptions, Log, bar_chart, format_table, interleaved_rates, machine, say,
-    single_thread, write_results,
+    BenchOptions, Log, bar_chart, finish, format_table, interleaved_rates, say, single_thread,
 )
 
 NAME = "ingest"
@@ -90,8 +89,4 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
         title="IDC ingest vs copying the same files (patches/s, 1 core)", ylabel="patches/s",
         log_scale=True,
     )
-    payload = {"benchmark": NAME, "quick": opts.quick, "machine": machine(), "rows": rows,
-               "chart": chart.name}
-    path = write_results(opts.out, NAME, payload)
-    log(f"wrote {path} and {chart}")
-    return payload
+    return finish(opts, NAME, rows, chart, log)
