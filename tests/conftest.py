@@ -99,6 +99,9 @@ def demo_run(ray_cluster, tmp_path_factory, metrics_port):
             f"serve.port={free_port()}",
             f"serve.metrics_port={metrics_port}",
             "serve.demo_requests=8",
+            # Raw uint8 layout end to end (train, export sample, scoring, HTTP demo); the
+            # PNG layout runs end to end in test_train_cli and `make demo`.
+            "data.encoding=raw",
         ]
     )
     return run_demo(cfg, shutdown=False)

@@ -4,7 +4,7 @@
     patchray train --config jobs/idc.yaml [--set data.root=s3://bucket/idc ...]
     patchray serve MODEL_DIR [--port 8000]
     patchray models [PATTERN]
-    patchray ingest idc|pcam|folder SRC --out URI [--split-map P=train,...] [--set ...]
+    patchray ingest idc|pcam|folder SRC --out URI [--encoding png|raw] [--split-map P=train,...]
     patchray dataset show URI [--out sheet.png]
     patchray dataset validate URI
 
@@ -112,6 +112,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest_source(
         source, args.out, train=data.split.train, val=data.split.val, seed=data.split.seed,
         rows_per_file=data.rows_per_file, split_map=parse_split_map(args.split_map),
+        encoding=args.encoding or data.encoding,
     )
     print(format_summary(args.out, result.manifest))
     rejected = result.report.rejected
@@ -164,6 +165,9 @@ def _add_data_commands(sub: Any) -> None:
     ingest.add_argument("--patient-regex", metavar="REGEX",
                         help="folder: regex on the file name; group 'patient' (or the first "
                              "group) is the patient id, optional groups slide, x, y")
+    ingest.add_argument("--encoding", choices=["png", "raw"],
+                        help="how Parquet holds pixels: png (default, ~3x smaller) or raw "
+                             "uint8 (no decoding; for GPU workers)")
     ingest.add_argument("--unlabelled", action="store_true",
                         help="folder: patches without labels, written to split 'unlabelled'")
     _config_args(ingest)

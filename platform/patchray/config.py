@@ -53,6 +53,14 @@ class DataConfig(_Strict):
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
     split: SplitConfig = SplitConfig()
     rows_per_file: int = Field(2000, ge=16)
+    val_holdout: float = Field(
+        0.0, ge=0.0, lt=0.5,
+        description="Datasets without val patients only: this fraction of train's patches "
+        "(by pixel hash) validates instead; val metrics are then optimistic",
+    )
+    encoding: Literal["png", "raw"] = Field(
+        "png", description="How Parquet holds pixels: png (~3x smaller) or raw uint8 (no decode)"
+    )
     class_weighting: Literal["none", "balanced"] = "balanced"
     augment: bool = True
 

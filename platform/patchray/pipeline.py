@@ -32,7 +32,8 @@ from patchray import __version__, storage
 from patchray.config import DataConfig, PipelineConfig, RayConfig, dump_config
 from patchray.errors import ConfigError
 from patchray.data.ingest import read_manifest, synthetic_records, write_split_dataset
-from patchray.data.transforms import decode_patches, normalise
+from patchray.data.records import decode_record_image, encode_png
+from patchray.data.transforms import decode_rows, normalise
 from patchray.evaluation.metrics import binary_metrics, choose_threshold
 from patchray.export.artifact import InputContract, ModelMetadata, write_metadata
 from patchray.models.keras_compat import LEGACY_KERAS_ENV
@@ -90,13 +91,14 @@ def make_synthetic_dataset(data: DataConfig, root: str, log: Log = _say) -> dict
         seed=s.seed,
     )
     manifest = write_split_dataset(
-        synthetic_records(patches),
+        synthetic_records(patches, encoding=data.encoding),
         root,
         train=data.split.train,
         val=data.split.val,
         seed=data.split.seed,
         rows_per_file=data.rows_per_file,
         extra_manifest={"dataset": "synthetic", "synthetic": s.model_dump()},
+        encoding=data.encoding,
     )
     counts = ", ".join(
         f"{k}: {v['rows']} patches / {len(v['patients'])} patients / labels {v['labels']}"
@@ -106,15 +108,28 @@ def make_synthetic_dataset(data: DataConfig, root: str, log: Log = _say) -> dict
     return manifest
 
 
-def read_patch_rows(root: str, split: str, limit: int) -> list[dict[str, Any]]:
-    """The first ``limit`` rows of a split, read directly (small samples, not training)."""
-    manifest = read_manifest(root)
+def read_patch_rows(
+    root: str, split: str, limit: int, *, as_png: bool = False, val_holdout: float = 0.0
+) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of a split, read directly (small samples, not training).
+    ``as_png``: images as PNG bytes whatever the dataset's encoding (what HTTP clients send).
+    ``val_holdout``: see :func:`patchray.data.pipeline.resolve_split`."""
+    from patchray.data.pipeline import holdout_rows, resolve_split, split_files
+
+    stored, held_out = resolve_split(root, split, val_holdout)
+    fs, paths, encoding = split_files(root, stored)
     rows: list[dict[str, Any]] = []
-    for name in manifest["splits"][split]["files"]:
-        fs, path = storage.resolve(storage.join(root, name))
-        rows.extend(pq.read_table(path, filesystem=fs).slice(0, limit - len(rows)).to_pylist())
+    for path in paths:
+        table = pq.read_table(path, filesystem=fs)
+        if held_out is not None:
+            table = holdout_rows(table, val_holdout, held_out)
+        rows.extend(table.slice(0, limit - len(rows)).to_pylist())
         if len(rows) >= limit:
             break
+    if as_png and encoding != "png":
+        for r in rows:
+            r["image"] = encode_png(decode_record_image(
+                r["image"], encoding, r["height"], r["width"], source=r["source"]))
     return rows
 
 
@@ -136,8 +151,10 @@ def export_and_evaluate(
 
     name = cfg.export.name or f"{cfg.train.model}-{cfg.dataset}"
     model_dir = Path(model_root) / name / cfg.export.version
-    rows = read_patch_rows(data_root, "val", 64)
-    sample = normalise(decode_patches([r["image"] for r in rows], cfg.train.input_size))
+    holdout = cfg.data.val_holdout
+    rows = read_patch_rows(data_root, "val", 64, val_holdout=holdout)
+    encoding = read_manifest(data_root)["encoding"]
+    sample = normalise(decode_rows(rows, cfg.train.input_size, encoding))
     exported = export_openvino(checkpoint_dir, model_dir, sample)
     if exported.parity_max_abs_diff > cfg.export.parity_atol:
         raise RuntimeError(
@@ -151,7 +168,7 @@ def export_and_evaluate(
     # A provisional metadata.json lets the predictor load; the final one replaces it.
     provisional = _metadata(cfg, name, exported, threshold=0.5, rule={}, metrics={})
     write_metadata(model_dir, provisional)
-    y_val, p_val = score_split(str(model_dir), data_root, "val")
+    y_val, p_val = score_split(str(model_dir), data_root, "val", val_holdout=holdout)
     threshold = choose_threshold(
         y_val, p_val, rule=cfg.eval.threshold_rule, min_sensitivity=cfg.eval.min_sensitivity
     )
@@ -163,8 +180,10 @@ def export_and_evaluate(
         "best_epoch": _checkpoint_epoch(checkpoint_dir),
         "history": history,
     }
+    chosen_on = (f"val: {holdout:.0%} of the train patients' patches held out (optimistic)"
+                 if holdout else "val")
     rule = {"rule": cfg.eval.threshold_rule, "min_sensitivity": cfg.eval.min_sensitivity,
-            "chosen_on": "val"}
+            "chosen_on": chosen_on}
     metrics["threshold"] = {"value": threshold, **rule}
     report = Path(report_dir)
     report.mkdir(parents=True, exist_ok=True)
@@ -251,7 +270,9 @@ class TrainJobResult:
     metrics: dict[str, Any]
 
 
-def run_train_job(cfg: PipelineConfig, *, log: Log = _say) -> TrainJobResult:
+def run_train_job(
+    cfg: PipelineConfig, *, log: Log = _say, shutdown: bool = True
+) -> TrainJobResult:
     """Train on an ingested dataset, export, evaluate and write the report.
 
     The run directory is ``<runs_root>/<name>``. Submitting the same job again after a
@@ -288,14 +309,16 @@ def run_train_job(cfg: PipelineConfig, *, log: Log = _say) -> TrainJobResult:
         log(f"report: {run_dir / 'report'}; model: {model_dir}")
         return TrainJobResult(run_dir, model_dir, metrics)
     finally:
-        ray.shutdown()
+        if shutdown:  # False: a caller's cluster (tests) outlives the job
+            ray.shutdown()
 
 
 def _log_test_metrics(log: Log, metrics: dict[str, Any]) -> None:
     test, rule = metrics["test"], metrics["threshold"]
     log(f"TEST AUC {test['auc']:.4f}  sensitivity {test['sensitivity']:.3f}  "
         f"specificity {test['specificity']:.3f}  at threshold {rule['value']:.4f} "
-        f"(rule '{rule['rule']}' on val, min_sensitivity {rule['min_sensitivity']})")
+        f"(rule '{rule['rule']}' on {rule['chosen_on']}, min_sensitivity "
+        f"{rule['min_sensitivity']})")
 
 
 # --------------------------------------------------------------------------- demo
@@ -360,7 +383,8 @@ def run_demo(cfg: PipelineConfig, *, run_dir: Path | None = None, log: Log = _sa
         lap("serve")
 
         log(f"stage 5/5: send {cfg.serve.demo_requests} held-out test patches over HTTP")
-        rows = _balanced_sample(read_patch_rows(data_root, "test", 2000), cfg.serve.demo_requests)
+        test_rows = read_patch_rows(data_root, "test", 2000, as_png=True)
+        rows = _balanced_sample(test_rows, cfg.serve.demo_requests)
         answers = query_service(url, rows)
         (run_dir / "demo_predictions.json").write_text(json.dumps(answers, indent=2))
         for a in answers:

@@ -63,8 +63,8 @@ def test_served_answers_match_direct_openvino_inference(demo_run):
     predictor = PatchPredictor(demo_run.model_dir)
     from patchray.pipeline import read_patch_rows
 
-    lookup = {(r["patient_id"], r["x"], r["y"]): r["image"]
-              for r in read_patch_rows(str(demo_run.run_dir / "data"), "test", 10_000)}
+    test_rows = read_patch_rows(str(demo_run.run_dir / "data"), "test", 10_000, as_png=True)
+    lookup = {(r["patient_id"], r["x"], r["y"]): r["image"] for r in test_rows}
     direct = predictor.predict_images([lookup[(a["patient_id"], a["x"], a["y"])] for a in rows])
     served = np.array([a["probability"] for a in rows])
     np.testing.assert_allclose(served, direct, atol=1e-5)

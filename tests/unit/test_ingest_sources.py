@@ -9,15 +9,18 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from patchray import cli
 from patchray.data import ingest
-from patchray.data.records import PATCH_SCHEMA, decode_image, encode_png, pixel_sha256
+from patchray.data.records import (
+    PATCH_SCHEMA, decode_image, decode_record_image, encode_png, pixel_sha256,
+)
 from patchray.data.sources import PcamSource, create_source, read_rgb
-from patchray.errors import DataError
+from patchray.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(7)
 
@@ -377,3 +380,94 @@ def test_dataset_validate_catches_a_corrupted_page_and_stray_files(idc_tree, tmp
     capsys.readouterr()
     assert _run("dataset", "show", out) == 2
     assert "part files not in the manifest" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- raw encoding
+
+
+def test_raw_encoding_stores_the_same_pixels_uncompressed(idc_tree, tmp_path, capsys):
+    png_out, raw_out = tmp_path / "png", tmp_path / "raw"
+    assert _run("ingest", "idc", idc_tree, "--out", png_out) == 0
+    assert _run("ingest", "idc", idc_tree, "--out", raw_out, "--encoding", "raw") == 0
+    png_manifest = json.loads((png_out / "manifest.json").read_text())
+    raw_manifest = json.loads((raw_out / "manifest.json").read_text())
+    assert (png_manifest["encoding"], raw_manifest["encoding"]) == ("png", "raw")
+    # The content hash is over pixels, so both layouts of one source hash the same.
+    assert raw_manifest["content_sha256"] == png_manifest["content_sha256"]
+    png_rows = {r["sha256"]: r for r in _rows(png_out)}
+    raw_rows = _rows(raw_out)
+    assert len(raw_rows) == len(png_rows) == 10
+    for r in raw_rows:
+        assert len(r["image"]) == r["height"] * r["width"] * 3
+        pixels = decode_record_image(r["image"], "raw", r["height"], r["width"])
+        assert np.array_equal(pixels, decode_image(png_rows[r["sha256"]]["image"]))
+        assert pixel_sha256(pixels) == r["sha256"]
+    assert {(r["height"], r["width"]) for r in raw_rows} == {(50, 50), (50, 32)}
+
+    assert _run("dataset", "validate", raw_out) == 0
+    assert _run("dataset", "show", raw_out) == 0
+    with Image.open(raw_out / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG"
+    assert "encoding: raw" in capsys.readouterr().out
+
+
+def test_validate_rejects_a_raw_image_of_the_wrong_length(idc_tree, tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert _run("ingest", "idc", idc_tree, "--out", out, "--encoding", "raw") == 0
+    part = out / json.loads((out / "manifest.json").read_text())["splits"]["train"]["files"][0]
+    rows = pq.read_table(part).to_pylist()
+    rows[0]["image"] = rows[0]["image"][:-3]  # one pixel short: a truncated copy
+    pq.write_table(pa.Table.from_pylist(rows, schema=PATCH_SCHEMA), part,
+                   write_page_checksum=True)
+    capsys.readouterr()
+    assert _run("dataset", "validate", out) == 2
+    err = capsys.readouterr().err
+    assert "raw images of the wrong length" in err and rows[0]["source"] in err
+    expected = rows[0]["height"] * rows[0]["width"] * 3
+    assert f"{len(rows[0]['image'])} bytes, expected {expected}" in err
+
+
+def test_an_unknown_encoding_is_refused_before_anything_is_written(idc_tree, tmp_path):
+    with pytest.raises(DataError, match=r"unknown patch encoding 'jpeg'; expected one of"):
+        ingest.ingest_source(create_source("idc", idc_tree), str(tmp_path / "x"),
+                             encoding="jpeg")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(DataError, match=r"patch-7: 10 raw bytes, expected 2x2x3 = 12"):
+        decode_record_image(b"0123456789", "raw", 2, 2, source="patch-7")
+
+
+# --------------------------------------------------------------------------- hold-out validation
+
+
+def test_holdout_is_a_stable_fraction_chosen_by_pixel_hash():
+    import hashlib
+
+    from patchray.data.pipeline import in_holdout
+
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20_000)]
+    held = in_holdout(hashes, 0.2)
+    assert abs(held.mean() - 0.2) < 0.01
+    assert np.array_equal(held, in_holdout(list(reversed(hashes)), 0.2)[::-1])  # order-free
+    assert not in_holdout(hashes, 0.0).any()
+
+
+def test_holdout_validation_splits_train_rows_and_refuses_datasets_with_val(idc_tree, tmp_path):
+    from patchray.data.pipeline import resolve_split
+    from patchray.pipeline import read_patch_rows
+
+    out = tmp_path / "two"
+    assert _run("ingest", "idc", idc_tree, "--out", out,
+                "--split-map", "101=train,202=train,303=test") == 0
+    with pytest.raises(DataError, match=r"split 'val' has no files .*data.val_holdout=0.2"):
+        read_patch_rows(str(out), "val", 100)  # and Ray Data's read_split says the same
+    train = read_patch_rows(str(out), "train", 100, val_holdout=0.4)
+    val = read_patch_rows(str(out), "val", 100, val_holdout=0.4)
+    everything = read_patch_rows(str(out), "train", 100)
+    assert val and train and len(val) + len(train) == len(everything) == 7
+    assert not {r["sha256"] for r in val} & {r["sha256"] for r in train}
+    assert resolve_split(str(out), "test", 0.4) == ("test", None)
+
+    with_val = tmp_path / "three"
+    assert _run("ingest", "idc", idc_tree, "--out", with_val) == 0
+    with pytest.raises(ConfigError, match=r"has val patients; hold-out validation is only"):
+        resolve_split(str(with_val), "val", 0.2)

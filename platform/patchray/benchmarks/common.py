@@ -155,7 +155,7 @@ def sample_patches(size: int, n: int, *, seed: int = 0) -> np.ndarray:
 
 def synthetic_dataset(
     cache: Path, size: int, *, patients: int, per_patient: int, copies: int = 1,
-    train: float = 0.6, val: float = 0.2, log: Log = say,
+    train: float = 0.6, val: float = 0.2, encoding: str = "png", log: Log = say,
 ) -> tuple[str, dict[str, Any]]:
     """A split Parquet dataset of synthetic patches under ``cache``, written once and reused.
 
@@ -165,16 +165,18 @@ def synthetic_dataset(
     from patchray.data.ingest import read_manifest, synthetic_records, write_split_dataset
     from patchray.data.synthetic import generate_patches
 
-    root = cache / f"synthetic-{size}px-{patients}x{per_patient}x{copies}"
+    suffix = "" if encoding == "png" else f"-{encoding}"
+    root = cache / f"synthetic-{size}px-{patients}x{per_patient}x{copies}{suffix}"
     if (root / "manifest.json").is_file():
         return str(root), read_manifest(str(root))
     t0 = time.perf_counter()
-    records = list(synthetic_records(generate_patches(patients, per_patient, size=size)))
+    records = list(synthetic_records(generate_patches(patients, per_patient, size=size),
+                                     encoding=encoding))
     rows = [
         {**r, "patient_id": f"{r['patient_id']}-c{c}", "slide_id": f"{r['slide_id']}-c{c}"}
         for c in range(copies) for r in records
     ]
-    manifest = write_split_dataset(rows, str(root), train=train, val=val)
+    manifest = write_split_dataset(rows, str(root), train=train, val=val, encoding=encoding)
     log(f"wrote {len(rows)} synthetic {size}x{size} patches to {root} "
         f"({time.perf_counter() - t0:.0f}s)")
     return str(root), manifest

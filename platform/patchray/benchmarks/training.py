@@ -4,8 +4,8 @@
 decode + augmentation, Ray Train with 2 workers of 1 CPU and 1 thread each, the demo's
 settings: 4 logical CPUs, ``train.batch_size`` 32 per worker, so 64 patches per optimizer
 step). Images/s per epoch come from the ``train_seconds`` and ``optimizer_steps`` the training
-loop reports; epoch 1 (tracing, Ray Data start-up) is left out. Variants: with and without
-augmentation (full runs).
+loop reports; epoch 1 (tracing, Ray Data start-up) is left out. Variants: the PNG and the raw
+uint8 dataset layout (``patchray ingest --encoding raw``), and without augmentation (full runs).
 *plain Keras*: ``tf_keras`` ``fit`` on the same train split already decoded in memory, same
 model, same global batch per step, one process with 2 intra-op threads in a 2-CPU Ray actor:
 the same 2 cores, no input pipeline, no all-reduce.
@@ -133,12 +133,12 @@ def keras_fit_rate(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, model: str, s
 def decoded_split(data_root: str, split: str, size: int) -> tuple[np.ndarray, ...]:
     """The whole split decoded in memory: x in [0, 1], y, balanced sample weights."""
     from patchray.data.ingest import read_manifest
-    from patchray.data.transforms import class_weights, decode_patches, normalise
+    from patchray.data.transforms import class_weights, decode_rows, normalise
     from patchray.pipeline import read_patch_rows
 
     manifest = read_manifest(data_root)
     rows = read_patch_rows(data_root, split, manifest["splits"][split]["rows"])
-    x = normalise(decode_patches([r["image"] for r in rows], size))
+    x = normalise(decode_rows(rows, size, manifest["encoding"]))
     y = np.array([r["label"] for r in rows], np.float32)
     weights = class_weights(manifest["splits"][split]["labels"], "balanced")
     return x, y, np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
@@ -169,39 +169,45 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     import ray
 
     patients, per_patient, epochs = (6, 120, 3) if opts.quick else (12, 250, 4)
-    # (train.batch_size per worker, augment); full runs also show what augmentation costs.
-    variants = [(WORKER_BATCH, True)] + ([] if opts.quick else [(WORKER_BATCH, False)])
+    # (train.batch_size per worker, augment, layout); full runs also show what augmentation
+    # costs. The raw layout holds the same pixels, so both datasets train on the same data.
+    variants = [(WORKER_BATCH, True, "png"), (WORKER_BATCH, True, "raw")]
+    variants += [] if opts.quick else [(WORKER_BATCH, False, "png")]
     rows, details = [], []
     for size in opts.sizes:
-        root, manifest = synthetic_dataset(opts.out / "data", size, patients=patients,
-                                           per_patient=per_patient, log=log)
+        roots = {}
+        for encoding in sorted({e for _, _, e in variants}):
+            roots[encoding], manifest = synthetic_dataset(
+                opts.out / "data", size, patients=patients, per_patient=per_patient,
+                encoding=encoding, log=log)
+        root = roots["png"]
         log(f"training {MODEL} {size}x{size}: {manifest['splits']['train']['rows']} train "
             f"patches, {epochs} epochs")
         start_ray(num_cpus=4, object_store_mb=1024)
         try:
             bases = keras_baselines(root, size, epochs=epochs, log=log,
-                                    global_batches=tuple(sorted({b * WORKERS for b, _ in variants})))
-            for batch, augment in variants:
-                ours = patchray_training(root, manifest, size, epochs=epochs, augment=augment,
-                                         batch_size=batch,
+                                    global_batches=tuple(sorted({b * WORKERS for b, _, _ in variants})))
+            for batch, augment, encoding in variants:
+                ours = patchray_training(roots[encoding], manifest, size, epochs=epochs,
+                                         augment=augment, batch_size=batch,
                                          storage_root=opts.out / "train-runs", log=log)
                 base = bases[batch * WORKERS]  # plain Keras at the same global batch per step
-                rows.append({"size": size, "model": MODEL,
+                rows.append({"size": size, "model": MODEL, "layout": encoding,
                              "global_batch": batch * WORKERS, "augment": augment,
                              "patchray_images_per_s": ours["images_per_s"],
                              "keras_images_per_s": base["images_per_s"],
                              "efficiency": ours["images_per_s"] / base["images_per_s"]})
-                details.append({"size": size, "global_batch": batch * WORKERS,
+                details.append({"size": size, "global_batch": batch * WORKERS, "layout": encoding,
                                 "augment": augment, "patchray": ours, "keras": base})
         finally:
             ray.shutdown()
-    print(format_table(rows, ["size", "model", "global_batch", "augment",
+    print(format_table(rows, ["size", "model", "layout", "global_batch", "augment",
                               "patchray_images_per_s",
                               "keras_images_per_s", "efficiency"]), flush=True)
     log("efficiency = patchray / plain keras images/s on the same 2 cores (goal >= 0.85)")
     chart = bar_chart(
         opts.out / f"{NAME}.png",
-        {f"{r['size']}px b{r['global_batch']}"
+        {f"{r['size']}px {r['layout']}"
          f"{'' if r['augment'] else ' no-aug'}":
          {"patchray (Ray Train, 2 workers)": r["patchray_images_per_s"],
           "plain keras fit (in memory)": r["keras_images_per_s"]} for r in rows},

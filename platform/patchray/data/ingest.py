@@ -5,7 +5,7 @@ Layout under ``root`` (local path or ``s3://``)::
     root/train/part-00000.parquet ...   rows of PATCH_SCHEMA
     root/val/...  root/test/...  root/unlabelled/... (label-free ingests only)
     root/ingest_report.json, .csv       what was rejected and why (ingest_source only)
-    root/manifest.json                  schema version, counts, content hash
+    root/manifest.json                  schema version, encoding, counts, content hash
 
 Files are named by their position in a deterministic order, so writing the same records
 twice gives the same bytes; each file appears whole (temp name, then rename; an S3 PUT is
@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from patchray import storage
 from patchray.data.records import (
-    ALL_SPLITS, PATCH_SCHEMA, SCHEMA_VERSION, SPLITS, UNLABELLED, encode_png, pixel_sha256,
+    ALL_SPLITS, PATCH_SCHEMA, SCHEMA_VERSION, SPLITS, UNLABELLED, check_encoding, encode_pixels,
+    pixel_sha256,
 )
 from patchray.data.report import REPORT_JSON, IngestReport
 from patchray.data.sources import Candidate, PatchSource
@@ -45,12 +46,13 @@ DEFAULT_CLASS_NAMES = {"0": "benign", "1": "tumour"}
 
 def patch_record(
     pixels: np.ndarray, *, label: int | None, patient_id: str, slide_id: str, x: int, y: int,
-    source: str, sha256: str | None = None,
+    source: str, sha256: str | None = None, encoding: str = "png",
 ) -> dict[str, Any]:
-    """One PATCH_SCHEMA row: the pixels re-encoded as PNG, so every store holds one format."""
+    """One PATCH_SCHEMA row: the pixels re-encoded (PNG or raw), whatever the source format,
+    so a dataset holds one encoding. ``sha256`` is of the pixels, the same for either."""
     h, w = pixels.shape[:2]
     return {
-        "image": encode_png(pixels),
+        "image": encode_pixels(pixels, encoding),
         "label": None if label is None else int(label),
         "patient_id": patient_id,
         "slide_id": slide_id,
@@ -63,11 +65,13 @@ def patch_record(
     }
 
 
-def synthetic_records(patches: Iterable[Any], *, source: str = "synthetic") -> Iterable[dict]:
+def synthetic_records(
+    patches: Iterable[Any], *, source: str = "synthetic", encoding: str = "png"
+) -> Iterable[dict]:
     """Turn :class:`patchray.data.synthetic.SyntheticPatch` objects into patch records."""
     for p in patches:
         yield patch_record(p.pixels, label=p.label, patient_id=p.patient_id,
-                           slide_id=p.patient_id, x=p.x, y=p.y, source=source)
+                           slide_id=p.patient_id, x=p.x, y=p.y, source=source, encoding=encoding)
 
 
 def label_key(label: int | None) -> str:
@@ -148,12 +152,13 @@ def remove_stale_parts(root: str, keep: Iterable[str]) -> list[str]:
 
 
 def finish_dataset(
-    root: str, splits: Mapping[str, dict[str, Any]], manifest: dict[str, Any]
+    root: str, splits: Mapping[str, dict[str, Any]], manifest: dict[str, Any], *, encoding: str
 ) -> dict[str, Any]:
     """Check patients are disjoint, drop stale files, and write the manifest last."""
     check_patient_disjoint({s: set(v["patients"]) for s, v in splits.items()})
     remove_stale_parts(root, [f for v in splits.values() for f in v["files"]])
-    manifest = {"schema_version": SCHEMA_VERSION, "splits": dict(splits), **manifest}
+    manifest = {"schema_version": SCHEMA_VERSION, "encoding": encoding, "splits": dict(splits),
+                **manifest}
     storage.write_json(storage.join(root, MANIFEST), manifest)
     return manifest
 
@@ -167,8 +172,10 @@ def write_split_dataset(
     seed: int = 0,
     rows_per_file: int = 2000,
     extra_manifest: Mapping[str, Any] | None = None,
+    encoding: str = "png",
 ) -> dict[str, Any]:
-    """Split ``records`` by patient and write them under ``root``; return the manifest.
+    """Split ``records`` (whose images are in ``encoding``) by patient and write them under
+    ``root``; return the manifest.
 
     Records are held in memory; sources too large for that stream through
     :func:`ingest_source` (``patchray ingest``) instead.
@@ -176,6 +183,11 @@ def write_split_dataset(
     rows = list(records)
     if not rows:
         raise DataError(f"no patch records to write to {root}")
+    if check_encoding(encoding) == "raw":
+        for r in rows:
+            if len(r["image"]) != r["height"] * r["width"] * 3:
+                raise DataError(f"{r['source']}: image is not raw {r['height']}x{r['width']}x3 "
+                                "bytes; build the records with the same encoding")
     split_of = assign_patient_splits(
         count_patients((r["patient_id"], r["label"]) for r in rows), train=train, val=val, seed=seed
     )
@@ -192,7 +204,7 @@ def write_split_dataset(
         "content_sha256": digest.hexdigest(),
         "class_names": DEFAULT_CLASS_NAMES,
         **(extra_manifest or {}),
-    })
+    }, encoding=encoding)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -257,13 +269,16 @@ def ingest_source(
     seed: int = 0,
     rows_per_file: int = 2000,
     split_map: Mapping[str, str] | None = None,
+    encoding: str = "png",
 ) -> IngestResult:
     """Stream ``source`` into a split Parquet dataset at ``root``; return manifest and report.
+    ``encoding`` is how the image column stores pixels (see :mod:`patchray.data.records`).
 
     First pass: list candidates and assign patients to splits. Second pass: decode each
     candidate in (split, patient, y, x) order, refuse bad or duplicate pixels with a reason,
     and stream records to per-split writers. Running it again gives the same bytes.
     """
+    check_encoding(encoding, where="--encoding")
     scan = source.scan()
     report = IngestReport(rejected=list(scan.rejected), ignored=list(scan.ignored))
     report.seen = len(scan.candidates) + len(scan.rejected)
@@ -299,7 +314,7 @@ def ingest_source(
         sizes[pixels.shape[:2]] += 1
         writers[str(cand.split)].add(patch_record(
             pixels, label=cand.label, patient_id=cand.patient_id, slide_id=cand.slide_id,
-            x=cand.x, y=cand.y, source=cand.source, sha256=sha,
+            x=cand.x, y=cand.y, source=cand.source, sha256=sha, encoding=encoding,
         ))
     finished = {s: w.finish() for s, w in writers.items()}
     splits = {s: v for s, v in finished.items() if s in SPLITS or v["rows"]}
@@ -322,7 +337,7 @@ def ingest_source(
         "undersized_patches": undersized,
         "patch_sizes": {f"{h}x{w}": n for (h, w), n in sorted(sizes.items())},
         "report": REPORT_JSON,
-    })
+    }, encoding=encoding)
     return IngestResult(manifest, report)
 
 
@@ -335,4 +350,6 @@ def read_manifest(root: str) -> dict[str, Any]:
         raise DataError(
             f"{uri}: schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}"
         )
+    manifest.setdefault("encoding", "png")  # written before raw existed: always PNG
+    check_encoding(manifest["encoding"], where=f"{uri}: encoding")
     return manifest

@@ -2,7 +2,9 @@
 
 A dataset root holds one folder per split (``train/``, ``val/``, ``test/``, and
 ``unlabelled/`` for patches without a label) of Parquet files with :data:`PATCH_SCHEMA`, and a
-``manifest.json`` describing it.
+``manifest.json`` describing it. The manifest's ``encoding`` says how the ``image`` column
+holds pixels: ``png`` (lossless, ~3x smaller, the default) or ``raw`` (the HxWx3 uint8 bytes:
+no decoding, for GPU workers that PNG decoding on the CPU would starve).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ALL_SPLITS = (*SPLITS, UNLABELLED)
 
 PATCH_SCHEMA = pa.schema(
     [
-        pa.field("image", pa.binary(), nullable=False),  # PNG bytes, RGB
+        pa.field("image", pa.binary(), nullable=False),  # RGB, as the manifest's encoding says
         pa.field("label", pa.int8(), nullable=True),  # 1 = tumour, 0 = benign, null = unlabelled
         pa.field("patient_id", pa.string(), nullable=False),
         pa.field("slide_id", pa.string(), nullable=False),
@@ -35,6 +37,40 @@ PATCH_SCHEMA = pa.schema(
         pa.field("sha256", pa.string(), nullable=False),  # of the decoded RGB pixels
     ]
 )
+
+
+ENCODINGS = ("png", "raw")
+
+
+def check_encoding(encoding: str, *, where: str = "encoding") -> str:
+    if encoding not in ENCODINGS:
+        raise DataError(
+            f"{where}: unknown patch encoding {encoding!r}; expected one of {ENCODINGS}"
+        )
+    return encoding
+
+
+def encode_pixels(pixels: np.ndarray, encoding: str) -> bytes:
+    """The ``image`` column's bytes for an HxWx3 uint8 patch in ``encoding``."""
+    if check_encoding(encoding) == "png":
+        return encode_png(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise DataError(
+            f"raw patches are HxWx3 uint8, got shape {pixels.shape} dtype {pixels.dtype}"
+        )
+    return np.ascontiguousarray(pixels).tobytes()
+
+
+def decode_record_image(
+    data: bytes, encoding: str, height: int, width: int, *, source: str = "<bytes>"
+) -> np.ndarray:
+    """One record's ``image`` bytes back to its native HxWx3 uint8 pixels."""
+    if check_encoding(encoding) == "png":
+        return decode_image(data, source=source)
+    if len(data) != height * width * 3:
+        raise DataError(f"{source}: {len(data)} raw bytes, expected {height}x{width}x3 = "
+                        f"{height * width * 3} (is the dataset PNG-encoded?)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

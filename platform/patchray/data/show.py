@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from patchray import storage
 from patchray.data.ingest import label_key, read_manifest
-from patchray.data.records import ALL_SPLITS, decode_image
+from patchray.data.records import ALL_SPLITS, decode_record_image
 from patchray.data.validate import check_dataset, manifest_files, open_parquet
 
 SHEET_NAME = "contact_sheet.png"
@@ -47,7 +47,7 @@ def format_summary(root: str, manifest: dict[str, Any], *, all_patients: bool = 
     rule = manifest.get("split_rule", {}).get("by", "?")
     lines = [
         f"dataset {root} ({manifest.get('dataset', 'patches')}, "
-        f"schema {manifest['schema_version']}, "
+        f"schema {manifest['schema_version']}, encoding: {manifest.get('encoding', 'png')}, "
         f"split by {rule}, content sha256 {manifest.get('content_sha256', '?')[:12]})",
         f"{'split':<11}{'rows':>8}{'patients':>10}"
         + "".join(f"{'label ' + k:>12}" for k in labels),
@@ -84,6 +84,9 @@ def format_summary(root: str, manifest: dict[str, Any], *, all_patients: bool = 
     return "\n".join(lines)
 
 
+SAMPLE_COLUMNS = ["image", "label", "patient_id", "height", "width", "source"]
+
+
 def sample_rows(root: str, manifest: dict[str, Any], per_class: int) -> dict[str, list[dict]]:
     """Up to ``per_class`` rows per label, evenly spaced over the whole dataset.
 
@@ -108,7 +111,7 @@ def sample_rows(root: str, manifest: dict[str, Any], per_class: int) -> dict[str
             n = pf.metadata.row_group(g).num_rows
             rows = [r for r in range(start, start + n) if (f, r) in wanted]
             if rows:
-                group = pf.read_row_group(g, columns=["image", "label", "patient_id"]).to_pylist()
+                group = pf.read_row_group(g, columns=SAMPLE_COLUMNS).to_pylist()
                 for r in rows:
                     samples[wanted[(f, r)]].append(group[r - start])
             start += n
@@ -117,11 +120,12 @@ def sample_rows(root: str, manifest: dict[str, Any], per_class: int) -> dict[str
 
 def render_contact_sheet(
     samples: Mapping[str, list[dict]], *, class_names: Mapping[str, str], counts: Mapping[str, int],
-    title: str,
+    title: str, encoding: str = "png",
 ) -> Image.Image:
     """Bands of SHEET_ROWS x SHEET_COLUMNS patches per class, at native size on grey cells
     (an undersized edge patch shows as a smaller tile, as it is stored)."""
-    pixels = {k: [decode_image(r["image"], source=str(r.get("patient_id"))) for r in rows]
+    pixels = {k: [decode_record_image(r["image"], encoding, r["height"], r["width"],
+                                      source=r["source"]) for r in rows]
               for k, rows in samples.items()}
     largest = max((max(p.shape[:2]) for ps in pixels.values() for p in ps), default=50)
     scale = 2 if largest <= 64 else 1
@@ -162,6 +166,7 @@ def show_dataset(root: str, *, out: str | None = None, all_patients: bool = Fals
             counts[k] += v
     sheet = render_contact_sheet(
         samples, class_names=manifest.get("class_names", {}), counts=counts,
+        encoding=manifest["encoding"],
         title=f"{root}  ({manifest.get('dataset', 'dataset')}, split by "
               f"{manifest.get('split_rule', {}).get('by', '?')})",
     )

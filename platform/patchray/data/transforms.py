@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from patchray.data.records import decode_image
+from patchray.data.records import check_encoding, decode_image, decode_record_image
 from patchray.errors import DataError
 
 PAD_VALUE = 255
@@ -40,9 +40,6 @@ def fit_to_size(pixels: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-ENCODINGS = ("png", "raw")
-
-
 def decode_patches(
     images: Sequence[bytes],
     size: int,
@@ -58,14 +55,18 @@ def decode_patches(
     native size); without them every item must be ``size`` x ``size``. Raw needs no decoding:
     a batch of full-size patches is one ``np.frombuffer`` over the joined bytes.
     """
-    if encoding == "raw":
+    if check_encoding(encoding) == "raw":
         return _raw_to_patches(images, size, heights, widths)
-    if encoding != "png":
-        raise DataError(f"unknown patch encoding {encoding!r}; expected one of {ENCODINGS}")
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i, data in enumerate(images):
         out[i] = fit_to_size(decode_image(data, source=f"batch item {i}"), size)
     return out
+
+
+def decode_rows(rows: Sequence[dict], size: int, encoding: str) -> np.ndarray:
+    """Patch records (``image``, ``height``, ``width``) -> uint8 ``(N, size, size, 3)``."""
+    return decode_patches([r["image"] for r in rows], size, encoding=encoding,
+                          heights=[r["height"] for r in rows], widths=[r["width"] for r in rows])
 
 
 def _raw_to_patches(
@@ -91,8 +92,7 @@ def _raw_to_patches(
         return np.frombuffer(b"".join(images), dtype=np.uint8).reshape(n, size, size, 3).copy()
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, data in enumerate(images):
-        pixels = np.frombuffer(data, dtype=np.uint8).reshape(int(hs[i]), int(ws[i]), 3)
-        out[i] = fit_to_size(pixels, size)
+        out[i] = fit_to_size(decode_record_image(data, "raw", int(hs[i]), int(ws[i])), size)
     return out
 
 

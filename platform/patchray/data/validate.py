@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -93,6 +95,21 @@ def read_verified(root: str, name: str, columns: list[str]) -> Iterator[Any]:
         raise DataError(f"{storage.join(root, name)}: {e}") from e
 
 
+VALIDATE_COLUMNS = ["label", "patient_id", "sha256", "image", "height", "width", "source"]
+
+
+def check_raw_lengths(uri: str, batch: Any) -> None:
+    """A raw image is exactly height x width x 3 bytes; anything else is not that patch."""
+    lengths = pc.binary_length(batch.column("image")).to_numpy()
+    expected = (batch.column("height").to_numpy().astype(np.int64)
+                * batch.column("width").to_numpy().astype(np.int64) * 3)
+    bad = np.flatnonzero(lengths != expected)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{uri}: {bad.size} raw images of the wrong length, first "
+                        f"{batch.column('source')[i]}: {lengths[i]} bytes, expected {expected[i]}")
+
+
 def validate_dataset(root: str) -> dict[str, Any]:
     """Full check: every page's CRC, and counts and content hash recomputed from the rows."""
     manifest = read_manifest(root)
@@ -101,7 +118,9 @@ def validate_dataset(root: str) -> dict[str, Any]:
     recount: dict[str, dict[str, Counter[str]]] = {}
     for split, name in manifest_files(manifest):
         counts = recount.setdefault(split, {"labels": Counter(), "patients": Counter()})
-        for batch in read_verified(root, name, ["label", "patient_id", "sha256", "image"]):
+        for batch in read_verified(root, name, VALIDATE_COLUMNS):
+            if manifest["encoding"] == "raw":
+                check_raw_lengths(storage.join(root, name), batch)
             counts["labels"].update(label_key(v) for v in batch.column("label").to_pylist())
             counts["patients"].update(batch.column("patient_id").to_pylist())
             for sha in batch.column("sha256").to_pylist():

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from patchray.data.ingest import read_manifest
 from patchray.data.pipeline import read_split
 from patchray.serving.predictor import PatchPredictor
 
 
 def score_split(
-    model_dir: str, data_root: str, split: str, *, concurrency: int = 1, batch_size: int = 256
+    model_dir: str, data_root: str, split: str, *, concurrency: int = 1, batch_size: int = 256,
+    val_holdout: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(labels, probabilities)`` for every labelled patch of ``split``."""
-    ds = read_split(data_root, split).map_batches(
+    ds = read_split(data_root, split, val_holdout=val_holdout).map_batches(
         PatchPredictor,
         fn_constructor_args=(model_dir,),
+        fn_constructor_kwargs={"encoding": read_manifest(data_root)["encoding"]},
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,

@@ -28,6 +28,7 @@ class PatchPredictor:
         device: str = "CPU",
         inference_precision: str | None = "f32",
         num_threads: int | None = None,
+        encoding: str = "png",
     ):
         import openvino as ov
 
@@ -46,6 +47,7 @@ class PatchPredictor:
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = num_threads
         self.precision = precision
+        self.encoding = encoding  # of the ``image`` column in __call__ (a dataset's records)
         self._compiled = ov.Core().compile_model(
             self.model_dir / self.metadata.files[precision], device, config
         )
@@ -65,8 +67,11 @@ class PatchPredictor:
         return int(probability >= self.metadata.threshold)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data ``map_batches`` form: ``image`` bytes (and ``label``) -> ``probability``."""
-        out = {"probability": self.predict_images(list(batch["image"]))}
+        """Ray Data ``map_batches`` form: a dataset's records (``image`` in ``self.encoding``,
+        ``height``/``width`` for raw, optional ``label``) -> ``probability``."""
+        x = decode_patches(list(batch["image"]), self.size, encoding=self.encoding,
+                           heights=batch.get("height"), widths=batch.get("width"))
+        out = {"probability": self.predict_arrays(normalise(x))}
         if "label" in batch:
             out["label"] = np.asarray(batch["label"])
         return out

@@ -109,8 +109,10 @@ def build_trainer(
             augment=cfg.data.augment,
             label_counts=manifest["splits"]["train"]["labels"],
             weighting=cfg.data.class_weighting,
+            val_holdout=cfg.data.val_holdout,
         ),
-        "val": training_dataset(data_root, "val", size=size, augment=False),
+        "val": training_dataset(data_root, "val", size=size, augment=False,
+                                val_holdout=cfg.data.val_holdout),
     }
     return TensorflowTrainer(
         train_loop_per_worker,
