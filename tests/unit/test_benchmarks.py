@@ -95,6 +95,11 @@ def test_ingest_core_compares_ingest_with_copying_the_files(tmp_path):
     row = ingest_bench.measure_ingest(src, tmp_path / "work", files, rounds=1)
     assert row["patches"] == 24 and row["copy_per_s"] > 0 and row["ingest_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["ingest_per_s"] / row["copy_per_s"])
+    assert row["parallel_per_s"] > 0 and row["processes"] >= 1
+    # Both ingests wrote the same dataset, whatever the number of processes.
+    for name in ("manifest.json", "train/part-00000.parquet"):
+        assert ((tmp_path / "work/dataset" / name).read_bytes()
+                == (tmp_path / "work/dataset-parallel" / name).read_bytes())
     manifest = json.loads((tmp_path / "work" / "dataset" / "manifest.json").read_text())
     assert sum(split["rows"] for split in manifest["splits"].values()) == 24
 

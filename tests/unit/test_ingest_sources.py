@@ -334,6 +334,24 @@ def test_a_crashed_ingest_completes_on_rerun_without_duplicates_or_partial_files
     assert len({r["sha256"] for r in _rows(out)}) == len(_rows(out)) == 10
 
 
+def test_parallel_ingest_writes_the_same_files_and_report_as_one_process(
+    idc_tree, tmp_path, monkeypatch
+):
+    truncated = _idc(idc_tree, "101", 0, 951, 1)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    first = idc_tree / "202/0/202_idx5_x51_y1_class0.png"
+    dup = _idc(idc_tree, "303", 1, 1101, 1, pixels=decode_image(first.read_bytes()))
+    monkeypatch.setattr(ingest, "INGEST_CHUNK", 3)  # several chunks per worker process
+    for workers in (1, 3):
+        ingest.ingest_source(create_source("idc", idc_tree), str(tmp_path / f"w{workers}"),
+                             rows_per_file=2, workers=workers)
+    assert _files(tmp_path / "w1") == _files(tmp_path / "w3")
+    reasons = _report(tmp_path / "w3")
+    assert "not a readable PNG/JPEG" in reasons[str(truncated.relative_to(idc_tree))]
+    assert reasons[str(dup.relative_to(idc_tree))] == "duplicate of 202/0/202_idx5_x51_y1_class0.png"
+    assert len(_rows(tmp_path / "w3")) == 10
+
+
 # --------------------------------------------------------------------------- show / validate
 
 

@@ -5,10 +5,12 @@ decode + augmentation, Ray Train with 2 workers of 1 CPU and 1 thread each, the 
 settings: 4 logical CPUs, ``train.batch_size`` 32 per worker, so 64 patches per optimizer
 step). Images/s per epoch come from the ``train_seconds`` and ``optimizer_steps`` the training
 loop reports; epoch 1 (tracing, Ray Data start-up) is left out. Variants: the PNG and the raw
-uint8 dataset layout (``patchray ingest --encoding raw``), and without augmentation (full runs).
+uint8 dataset layout (``patchray ingest --encoding raw``), one worker with 2 threads instead of
+two with one (same cores, no all-reduce), and without augmentation (full runs).
 *plain Keras*: ``tf_keras`` ``fit`` on the same train split already decoded in memory, same
 model, same global batch per step, one process with 2 intra-op threads in a 2-CPU Ray actor:
-the same 2 cores, no input pipeline, no all-reduce.
+the same 2 cores, no input pipeline, no all-reduce. It runs right before each variant, and
+each efficiency is the ratio of that adjacent pair.
 
 Efficiency = patchray images/s / plain Keras images/s (goal >= 0.85).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,22 @@ NAME = "training"
 MODEL = "cnn6"
 WORKERS = 2
 WORKER_BATCH = 32
+GLOBAL_BATCH = WORKERS * WORKER_BATCH
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One patchray configuration, always at GLOBAL_BATCH patches per optimizer step."""
+
+    workers: int = WORKERS
+    threads: int = 1  # intra-op threads (and Ray CPUs) per worker
+    augment: bool = True
+    layout: str = "png"
+
+    @property
+    def label(self) -> str:
+        aug = "" if self.augment else " no-aug"
+        return f"{self.layout} {self.workers}x{self.threads}t{aug}"
 
 
 def epoch_rates(history: list[dict[str, Any]], images_per_epoch: int,
@@ -59,21 +78,24 @@ def steady_rate(epochs: list[dict[str, float]]) -> float:
 def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, epochs: int,
                       storage_root: Path, augment: bool = True,
                       batch_size: int = WORKER_BATCH, model: str = MODEL,
+                      workers: int = WORKERS, threads: int = 1,
                       log: Log = say) -> dict[str, Any]:
     """Train with Ray Train as ``patchray train`` does; images/s per epoch.
 
     ``batch_size`` is ``train.batch_size``, per worker: one optimizer step takes
-    ``batch_size * WORKERS`` rows."""
+    ``batch_size * workers`` rows. Each worker reserves ``threads`` Ray CPUs and runs
+    ``threads`` intra-op threads."""
     from patchray.config import load_config
     from patchray.training.loop import CHECKPOINT_META
     from patchray.training.trainer import build_trainer
 
     cfg = load_config(overrides=[
         f"train.model={model}", f"train.input_size={size}", f"train.epochs={epochs}",
-        f"train.batch_size={batch_size}", f"train.num_workers={WORKERS}",
+        f"train.batch_size={batch_size}", f"train.num_workers={workers}",
+        f"train.cpus_per_worker={threads}", f"train.intra_op_threads={threads}",
         f"data.augment={str(augment).lower()}", "train.keep_checkpoints=1",
     ])
-    run_name = (f"{model}-{size}px-b{batch_size}-{'aug' if augment else 'noaug'}-"
+    run_name = (f"{model}-{size}px-{workers}x{batch_size}-{'aug' if augment else 'noaug'}-"
                 f"{time.strftime('%H%M%S')}")
     trainer = build_trainer(cfg, data_root=data_root,
                             storage_root=str(storage_root.resolve()), run_name=run_name)
@@ -86,14 +108,14 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
         history = json.loads((Path(d) / CHECKPOINT_META).read_text())["history"]
     shutil.rmtree(storage_root / run_name, ignore_errors=True)  # checkpoints: not needed
     rows = manifest["splits"]["train"]["rows"]
-    per_epoch = epoch_rates(history, rows - rows % WORKERS, batch_size * WORKERS)
-    log(f"  patchray (train.batch_size {batch_size} per worker, "
+    per_epoch = epoch_rates(history, rows - rows % workers, batch_size * workers)
+    log(f"  patchray ({workers} worker(s) x {threads} thread(s), {batch_size} per worker, "
         f"{'augment' if augment else 'no augment'}): "
         f"{[round(e['images_per_s']) for e in per_epoch]} images/s per epoch, "
         f"{[e['steps'] for e in per_epoch]} steps ({wall:.0f}s)")
     return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch), "wall_seconds": wall,
-            "global_batch_per_step": batch_size * WORKERS,
-            "steps_if_global_batch_were_workers_x_batch": -(-(rows // WORKERS) // batch_size)}
+            "global_batch_per_step": batch_size * workers,
+            "steps_if_global_batch_were_workers_x_batch": -(-(rows // workers) // batch_size)}
 
 
 def keras_fit_rate(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, model: str, size: int,
@@ -169,14 +191,14 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     import ray
 
     patients, per_patient, epochs = (6, 120, 3) if opts.quick else (12, 250, 4)
-    # (train.batch_size per worker, augment, layout); full runs also show what augmentation
-    # costs. The raw layout holds the same pixels, so both datasets train on the same data.
-    variants = [(WORKER_BATCH, True, "png"), (WORKER_BATCH, True, "raw")]
-    variants += [] if opts.quick else [(WORKER_BATCH, False, "png")]
+    # Full runs also show what augmentation costs. The raw layout holds the same pixels, so
+    # both datasets train on the same data.
+    variants = [Variant(), Variant(layout="raw"), Variant(workers=1, threads=2)]
+    variants += [] if opts.quick else [Variant(augment=False)]
     rows, details = [], []
     for size in opts.sizes:
         roots = {}
-        for encoding in sorted({e for _, _, e in variants}):
+        for encoding in sorted({v.layout for v in variants}):
             roots[encoding], manifest = synthetic_dataset(
                 opts.out / "data", size, patients=patients, per_patient=per_patient,
                 encoding=encoding, log=log)
@@ -185,31 +207,32 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
             f"patches, {epochs} epochs")
         start_ray(num_cpus=4, object_store_mb=1024)
         try:
-            bases = keras_baselines(root, size, epochs=epochs, log=log,
-                                    global_batches=tuple(sorted({b * WORKERS for b, _, _ in variants})))
-            for batch, augment, encoding in variants:
-                ours = patchray_training(roots[encoding], manifest, size, epochs=epochs,
-                                         augment=augment, batch_size=batch,
+            for v in variants:
+                # A baseline right before each variant: this machine's speed drifts by 1.5x
+                # within minutes, so only adjacent runs make a ratio.
+                base = keras_baselines(root, size, epochs=epochs, log=log,
+                                       global_batches=(GLOBAL_BATCH,))[GLOBAL_BATCH]
+                ours = patchray_training(roots[v.layout], manifest, size, epochs=epochs,
+                                         augment=v.augment, batch_size=GLOBAL_BATCH // v.workers,
+                                         workers=v.workers, threads=v.threads,
                                          storage_root=opts.out / "train-runs", log=log)
-                base = bases[batch * WORKERS]  # plain Keras at the same global batch per step
-                rows.append({"size": size, "model": MODEL, "layout": encoding,
-                             "global_batch": batch * WORKERS, "augment": augment,
+                rows.append({"size": size, "model": MODEL, "variant": v.label,
+                             "global_batch": GLOBAL_BATCH,
                              "patchray_images_per_s": ours["images_per_s"],
                              "keras_images_per_s": base["images_per_s"],
                              "efficiency": ours["images_per_s"] / base["images_per_s"]})
-                details.append({"size": size, "global_batch": batch * WORKERS, "layout": encoding,
-                                "augment": augment, "patchray": ours, "keras": base})
+                details.append({"size": size, "global_batch": GLOBAL_BATCH, **asdict(v),
+                                "patchray": ours, "keras": base})
         finally:
             ray.shutdown()
-    print(format_table(rows, ["size", "model", "layout", "global_batch", "augment",
+    print(format_table(rows, ["size", "model", "variant", "global_batch",
                               "patchray_images_per_s",
                               "keras_images_per_s", "efficiency"]), flush=True)
     log("efficiency = patchray / plain keras images/s on the same 2 cores (goal >= 0.85)")
     chart = bar_chart(
         opts.out / f"{NAME}.png",
-        {f"{r['size']}px {r['layout']}"
-         f"{'' if r['augment'] else ' no-aug'}":
-         {"patchray (Ray Train, 2 workers)": r["patchray_images_per_s"],
+        {f"{r['size']}px {r['variant']}":
+         {"patchray (Ray Data + Ray Train)": r["patchray_images_per_s"],
           "plain keras fit (in memory)": r["keras_images_per_s"]} for r in rows},
         title=f"{MODEL} training images/s on 2 cores", ylabel="images/s",
     )

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import Counter
-from collections.abc import Iterable, Mapping
+import multiprocessing
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,17 +53,28 @@ def patch_record(
     """One PATCH_SCHEMA row: the pixels re-encoded (PNG or raw), whatever the source format,
     so a dataset holds one encoding. ``sha256`` is of the pixels, the same for either."""
     h, w = pixels.shape[:2]
+    return encoded_record(
+        encode_pixels(pixels, encoding), h, w, label=label, patient_id=patient_id,
+        slide_id=slide_id, x=x, y=y, source=source, sha256=sha256 or pixel_sha256(pixels),
+    )
+
+
+def encoded_record(
+    image: bytes, height: int, width: int, *, label: int | None, patient_id: str,
+    slide_id: str, x: int, y: int, source: str, sha256: str,
+) -> dict[str, Any]:
+    """A PATCH_SCHEMA row from already encoded pixels."""
     return {
-        "image": encode_pixels(pixels, encoding),
+        "image": image,
         "label": None if label is None else int(label),
         "patient_id": patient_id,
         "slide_id": slide_id,
         "x": int(x),
         "y": int(y),
-        "height": int(h),
-        "width": int(w),
+        "height": int(height),
+        "width": int(width),
         "source": source,
-        "sha256": sha256 or pixel_sha256(pixels),
+        "sha256": sha256,
     }
 
 
@@ -209,6 +222,54 @@ def write_split_dataset(
 
 # --------------------------------------------------------------------------- ingest
 
+INGEST_CHUNK = 256  # candidates per worker task: amortises pickling, bounds memory per task
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One candidate after decoding: its encoded image, or the reason it was refused."""
+
+    cand: Candidate
+    image: bytes | None = None
+    shape: tuple[int, int] | None = None
+    sha256: str | None = None
+    reason: str | None = None
+
+
+def prepare_chunk(source: PatchSource, chunk: list[Candidate], encoding: str) -> list[Prepared]:
+    """Decode, hash and re-encode a chunk of candidates (the costly part; runs in a worker)."""
+    out = []
+    for cand, pixels, reason in source.read_pixels(chunk):
+        if pixels is None:
+            out.append(Prepared(cand, reason=str(reason)))
+        else:
+            out.append(Prepared(cand, encode_pixels(pixels, encoding), pixels.shape[:2],
+                                pixel_sha256(pixels)))
+    return out
+
+
+def prepared_patches(
+    source: PatchSource, ordered: list[Candidate], encoding: str, workers: int
+) -> Iterator[Prepared]:
+    """:func:`prepare_chunk` over ``ordered`` in ``workers`` processes, yielded in order (so
+    the output does not depend on ``workers``), with at most 2 chunks per worker in flight."""
+    chunks = (ordered[i : i + INGEST_CHUNK] for i in range(0, len(ordered), INGEST_CHUNK))
+    if workers <= 1:
+        for chunk in chunks:
+            yield from prepare_chunk(source, chunk, encoding)
+        return
+    # spawn, not fork: the parent may hold pyarrow/S3 threads that a fork would copy mid-state.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque[Any] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(prepare_chunk, source, chunk, encoding))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -270,9 +331,11 @@ def ingest_source(
     rows_per_file: int = 2000,
     split_map: Mapping[str, str] | None = None,
     encoding: str = "png",
+    workers: int = 1,
 ) -> IngestResult:
     """Stream ``source`` into a split Parquet dataset at ``root``; return manifest and report.
-    ``encoding`` is how the image column stores pixels (see :mod:`patchray.data.records`).
+    ``encoding`` is how the image column stores pixels (see :mod:`patchray.data.records`);
+    ``workers`` processes decode and encode (the output is the same for any number).
 
     First pass: list candidates and assign patients to splits. Second pass: decode each
     candidate in (split, patient, y, x) order, refuse bad or duplicate pixels with a reason,
@@ -302,19 +365,19 @@ def ingest_source(
     writers = {s: SplitWriter(root, s, rows_per_file, digest) for s in ALL_SPLITS}
     first_of: dict[str, str] = {}  # pixel hash -> source that wrote it
     sizes: Counter[tuple[int, int]] = Counter()
-    for cand, pixels, reason in source.read_pixels(ordered):
-        if pixels is None:
-            report.reject(cand.source, str(reason))
+    for p in prepared_patches(source, ordered, encoding, workers):
+        cand = p.cand
+        if p.image is None or p.shape is None or p.sha256 is None:
+            report.reject(cand.source, str(p.reason))
             continue
-        sha = pixel_sha256(pixels)
-        first = first_of.setdefault(sha, cand.source)
+        first = first_of.setdefault(p.sha256, cand.source)
         if first != cand.source:
             report.reject(cand.source, f"duplicate of {first}")
             continue
-        sizes[pixels.shape[:2]] += 1
-        writers[str(cand.split)].add(patch_record(
-            pixels, label=cand.label, patient_id=cand.patient_id, slide_id=cand.slide_id,
-            x=cand.x, y=cand.y, source=cand.source, sha256=sha, encoding=encoding,
+        sizes[p.shape] += 1
+        writers[str(cand.split)].add(encoded_record(
+            p.image, *p.shape, label=cand.label, patient_id=cand.patient_id,
+            slide_id=cand.slide_id, x=cand.x, y=cand.y, source=cand.source, sha256=p.sha256,
         ))
     finished = {s: w.finish() for s, w in writers.items()}
     splits = {s: v for s, v in finished.items() if s in SPLITS or v["rows"]}

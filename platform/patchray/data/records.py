@@ -3,8 +3,9 @@
 A dataset root holds one folder per split (``train/``, ``val/``, ``test/``, and
 ``unlabelled/`` for patches without a label) of Parquet files with :data:`PATCH_SCHEMA`, and a
 ``manifest.json`` describing it. The manifest's ``encoding`` says how the ``image`` column
-holds pixels: ``png`` (lossless, ~3x smaller, the default) or ``raw`` (the HxWx3 uint8 bytes:
-no decoding, for GPU workers that PNG decoding on the CPU would starve).
+holds pixels: ``png`` (lossless, the default) or ``raw`` (the HxWx3 uint8 bytes: no decoding,
+for GPU workers that PNG decoding on the CPU would starve; Parquet's compression keeps it
+only ~18% larger on real IDC patches).
 """
 
 from __future__ import annotations
