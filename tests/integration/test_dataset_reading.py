@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from patchray.config import DataConfig
-from patchray.data.pipeline import read_split, training_dataset
+from patchray.data.pipeline import raise_explained, read_split, training_dataset
+from patchray.errors import DataError
 from patchray.pipeline import make_synthetic_dataset
 
 pytestmark = pytest.mark.integration
@@ -49,8 +50,16 @@ def test_a_corrupted_page_fails_the_read_instead_of_training_on_garbage(ray_clus
     data = bytearray(part.read_bytes())
     data[len(data) // 3] ^= 0xFF  # a flipped bit in an image page: still "valid" pixels
     part.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="CRC checksum verification failed"):
+    with pytest.raises(Exception, match="CRC checksum verification failed") as failed:
         read_split(root, "train").materialize()
+    # What training and scoring raise instead: which dataset, and how to find the file.
+    with pytest.raises(DataError, match=r"a Parquet page failed its checksum .*CRC checksum "
+                       r"verification failed.*patchray dataset validate") as explained:
+        raise_explained(failed.value, root)
+    assert str(root) in str(explained.value) and explained.value.__cause__ is failed.value
+    other = ValueError("something else")
+    with pytest.raises(ValueError, match="something else"):
+        raise_explained(other, root)
     # Ray's v2 reader cannot verify pages (it drops pyarrow's scan options): the corrupt
     # bytes come back as if they were pixels, which is why patchray reads with v1.
     unverified = read_split(root, "train", parquet_reader="v2")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -120,6 +120,30 @@ def _read_parquet(paths: list[str], fs: Any, columns: list[str], parquet_reader:
         )
         return ray.data.read_parquet(paths, filesystem=fs, columns=columns, schema=PATCH_SCHEMA,
                                      fragment_scan_options=verified)
+
+
+CHECKSUM_FAILURE = "CRC checksum verification failed"  # pyarrow's message for a bad page
+
+
+def explain_read_error(error: BaseException, root: str) -> BaseException:
+    """A corrupted page fails deep inside a Ray task whose error names no file: say which
+    dataset, and how to find the file. Other errors come back unchanged."""
+    text = str(error)
+    if CHECKSUM_FAILURE not in text:
+        return error
+    detail = next((line.strip() for line in text.splitlines() if CHECKSUM_FAILURE in line), "")
+    return DataError(
+        f"{root}: a Parquet page failed its checksum while it was read ({detail}); run "
+        f"`patchray dataset validate {root}` to find the file, then re-ingest it"
+    )
+
+
+def raise_explained(error: BaseException, root: str) -> NoReturn:
+    """Raise :func:`explain_read_error`'s version of ``error`` (chained to it)."""
+    explained = explain_read_error(error, root)
+    if explained is error:
+        raise error
+    raise explained from error
 
 
 PARQUET_READERS = ("v1", "v2")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from patchray.data.ingest import read_manifest
-from patchray.data.pipeline import read_split
+from patchray.data.pipeline import raise_explained, read_split
 from patchray.serving.predictor import PatchPredictor
 
 
@@ -28,9 +28,12 @@ def score_split(
         num_cpus=1,
     )
     labels, probs = [], []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        labels.append(batch["label"])
-        probs.append(batch["probability"])
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            labels.append(batch["label"])
+            probs.append(batch["probability"])
+    except Exception as e:
+        raise_explained(e, data_root)
     y = np.concatenate(labels).astype(np.float64)
     p = np.concatenate(probs).astype(np.float64)
     keep = ~np.isnan(y)  # unlabelled patches carry no ground truth to score against

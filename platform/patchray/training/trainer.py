@@ -20,7 +20,7 @@ from typing import Any, Callable
 from patchray import storage
 from patchray.config import PipelineConfig
 from patchray.data.ingest import read_manifest
-from patchray.data.pipeline import training_dataset
+from patchray.data.pipeline import raise_explained, training_dataset
 from patchray.errors import ConfigError
 from patchray.models.keras_compat import LEGACY_KERAS_ENV, ensure_legacy_keras_env
 from patchray.training.loop import (
@@ -184,7 +184,7 @@ def run_training(
                                 run_name=run_name)
         result = trainer.fit()
         if result.error:
-            raise result.error
+            raise_explained(result.error, data_root)
     return outcome_from_result(
         result, storage.join(storage_root, run_name), Path(local_dir),
         epochs_before=epochs_before, trained=epochs_before < cfg.train.epochs,
