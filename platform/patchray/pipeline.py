@@ -116,8 +116,9 @@ def read_patch_rows(
     ``val_holdout``: see :func:`patchray.data.pipeline.resolve_split`."""
     from patchray.data.pipeline import holdout_rows, resolve_split, split_files
 
-    stored, held_out = resolve_split(root, split, val_holdout)
-    fs, paths, encoding = split_files(root, stored)
+    manifest = read_manifest(root)
+    stored, held_out = resolve_split(root, split, val_holdout, manifest=manifest)
+    fs, paths, encoding = split_files(root, stored, manifest=manifest)
     rows: list[dict[str, Any]] = []
     for path in paths:
         table = pq.read_table(path, filesystem=fs)

@@ -37,16 +37,18 @@ def in_holdout(sha256: Sequence[str], fraction: float) -> np.ndarray:
     return buckets < round(fraction * HOLDOUT_BUCKETS)
 
 
-def resolve_split(root: str, split: str, val_holdout: float = 0.0) -> tuple[str, bool | None]:
+def resolve_split(
+    root: str, split: str, val_holdout: float = 0.0, *, manifest: dict[str, Any] | None = None
+) -> tuple[str, bool | None]:
     """The stored split that ``split`` reads, and whether it takes train's held-out rows
     (True), the rest (False) or all rows (None).
 
     ``val_holdout`` is for datasets without val patients (two patients: one to train on, one
     to test on). Validation then shares patients with training and its metrics are
     optimistic; the test patients stay untouched."""
-    manifest = read_manifest(root)
     if val_holdout <= 0:
         return split, None
+    manifest = manifest or read_manifest(root)
     if manifest["splits"].get("val", {}).get("rows", 0):
         raise ConfigError(
             f"data.val_holdout={val_holdout}: {root} has val patients; hold-out validation is "
@@ -57,10 +59,12 @@ def resolve_split(root: str, split: str, val_holdout: float = 0.0) -> tuple[str,
     return split, None
 
 
-def split_files(root: str, split: str) -> tuple[Any, list[str], str]:
+def split_files(
+    root: str, split: str, *, manifest: dict[str, Any] | None = None
+) -> tuple[Any, list[str], str]:
     """(filesystem, paths, encoding) of one split: exactly the files the manifest lists, so a
     stray or half-copied file in the folder never leaks into training."""
-    manifest = read_manifest(root)
+    manifest = manifest or read_manifest(root)
     files = manifest["splits"].get(split, {}).get("files", [])
     if not files:
         hint = (" (a dataset without val patients needs hold-out validation: "
@@ -83,8 +87,9 @@ def read_split(
     ``v2`` reader drops pyarrow's scan options, so there only ``patchray dataset validate``
     checks the pages. ``val_holdout``: see :func:`resolve_split`.
     """
-    stored, held_out = resolve_split(root, split, val_holdout)
-    fs, paths, encoding = split_files(root, stored)
+    manifest = read_manifest(root)  # once: on s3:// every read is a request
+    stored, held_out = resolve_split(root, split, val_holdout, manifest=manifest)
+    fs, paths, encoding = split_files(root, stored, manifest=manifest)
     if columns is None:
         columns = READ_COLUMNS + (RAW_SHAPE_COLUMNS if encoding == "raw" else [])
     if held_out is None:
@@ -125,25 +130,18 @@ def _read_parquet(paths: list[str], fs: Any, columns: list[str], parquet_reader:
 CHECKSUM_FAILURE = "CRC checksum verification failed"  # pyarrow's message for a bad page
 
 
-def explain_read_error(error: BaseException, root: str) -> BaseException:
-    """A corrupted page fails deep inside a Ray task whose error names no file: say which
-    dataset, and how to find the file. Other errors come back unchanged."""
+def raise_explained(error: BaseException, root: str) -> NoReturn:
+    """Re-raise an error from reading ``root``. A corrupted page fails deep inside a Ray task
+    whose error names no file: that one becomes a DataError saying which dataset, and how to
+    find the file (chained to the original). Other errors are raised unchanged."""
     text = str(error)
     if CHECKSUM_FAILURE not in text:
-        return error
+        raise error
     detail = next((line.strip() for line in text.splitlines() if CHECKSUM_FAILURE in line), "")
-    return DataError(
+    raise DataError(
         f"{root}: a Parquet page failed its checksum while it was read ({detail}); run "
         f"`patchray dataset validate {root}` to find the file, then re-ingest it"
-    )
-
-
-def raise_explained(error: BaseException, root: str) -> NoReturn:
-    """Raise :func:`explain_read_error`'s version of ``error`` (chained to it)."""
-    explained = explain_read_error(error, root)
-    if explained is error:
-        raise error
-    raise explained from error
+    ) from error
 
 
 PARQUET_READERS = ("v1", "v2")
