@@ -7,28 +7,23 @@ Run it with the Serve config beside this file (from the repository root)::
 
 or without a config: ``patchray serve runs/<run>/model/<name>/<version>``.
 The deployment logic lives in :mod:`patchray.serving.deployment`; this is only the builder
-Serve's ``import_path`` points at.
+Serve's ``import_path`` points at. Its ``args`` are :class:`patchray.config.ServeAppArgs`
+(the same model as a job spec's ``serve:`` section) plus ``model_dir``.
 """
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from patchray.config import ServeAppArgs
 from patchray.serving.deployment import build_app
 
 
-class AppArgs(BaseModel):
+class AppArgs(ServeAppArgs):
     """``args:`` of the Serve config; unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model_dir: str
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.01
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 8
-    replica_cpus: float = 0.5
 
 
 def build(args: dict[str, Any]) -> Any:
-    return build_app(**AppArgs.model_validate(args).model_dump())
+    parsed = AppArgs.model_validate(args)
+    return build_app(parsed.model_dir, ServeAppArgs.model_validate(
+        parsed.model_dump(exclude={"model_dir"})))

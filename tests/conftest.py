@@ -6,7 +6,6 @@ end-to-end pipeline run, whose outputs several tests inspect from different side
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -16,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_IDC = REPO.parent / "shared" / "data" / "idc-sample" / "IDC_regular_ps50_idx5"
 
 # Before anything imports TensorFlow in this process (export runs in the test process).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from patchray.runtime import prepare_process  # noqa: E402
+
+prepare_process()
 
 
 def pytest_addoption(parser):
@@ -51,7 +51,7 @@ def ray_cluster(metrics_port):
     import ray
 
     from patchray.config import RayConfig
-    from patchray.pipeline import init_ray
+    from patchray.runtime import init_ray
 
     init_ray(RayConfig(num_cpus=4, object_store_memory_mb=768), metrics_port=metrics_port)
     yield ray
@@ -65,13 +65,13 @@ def ray_cluster(metrics_port):
 def tiny_dataset(tmp_path_factory) -> str:
     """An ingested synthetic dataset, 3 patients x 16 patches of 32x32: one patient per split."""
     from patchray.config import DataConfig
-    from patchray.pipeline import make_synthetic_dataset
+    from patchray.data.ingest import ingest_synthetic
 
     root = str(tmp_path_factory.mktemp("tiny-data"))
     data = DataConfig.model_validate(
         {"synthetic": {"num_patients": 3, "patches_per_patient": 16, "patch_size": 32}}
     )
-    make_synthetic_dataset(data, root)
+    ingest_synthetic(data, root)
     return root
 
 
@@ -85,11 +85,12 @@ def shared_idc() -> Path:
 @pytest.fixture(scope="session")
 def demo_run(ray_cluster, tmp_path_factory, metrics_port):
     """One tiny end-to-end run (2 train workers, 3 epochs), left serving for the tests."""
-    from patchray.config import load_config
-    from patchray.pipeline import run_demo
+    from patchray.config import DemoConfig, load_config
+    from patchray.workflows.demo import run_demo
 
     runs = tmp_path_factory.mktemp("runs")
     cfg = load_config(
+        model=DemoConfig,
         overrides=[
             f"runs_root={runs}",
             "data.synthetic.num_patients=6",

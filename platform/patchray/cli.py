@@ -8,8 +8,12 @@
     patchray dataset show URI [--out sheet.png]
     patchray dataset validate URI
 
-Exit status: 0 success; 2 usage, config or data errors; 3 ingest wrote the dataset but
-rejected some inputs (listed in ingest_report.csv beside the manifest).
+On the terminal: patchray's own progress; Ray's and TensorFlow's logs go to
+``<run>/logs/patchray.log`` (``--verbose`` shows them too).
+
+Exit status: 0 success; 1 an unexpected error (traceback in the log); 2 usage, config or
+data errors; 3 ingest wrote the dataset but rejected some inputs (listed in
+ingest_report.csv beside the manifest); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from patchray.errors import PatchrayError
+from patchray.logs import LOG_NAME, RunOutput, configure_terminal
+
+log = logging.getLogger("patchray.cli")
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "jobs" / "demo.yaml"
 
@@ -34,10 +41,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. --set train.epochs=3 (repeatable)",
     )
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's and TensorFlow's logs on the terminal too (they otherwise "
+                        "go to <run>/logs/patchray.log)")
 
 
 def _wait_for_interrupt(message: str) -> None:
-    print(message, flush=True)
+    log.info(message)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -45,41 +55,48 @@ def _wait_for_interrupt(message: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from patchray.config import load_config
-    from patchray.pipeline import run_demo
+    from patchray import runtime
+    from patchray.config import DemoConfig, load_config
+    from patchray.workflows.demo import new_run_dir, run_demo
 
     spec = args.config or (str(DEFAULT_SPEC) if DEFAULT_SPEC.is_file() else None)
-    cfg = load_config(spec, args.overrides)
-    result = run_demo(cfg, shutdown=not args.keep_serving)
-    if args.keep_serving:
-        import ray
-        from ray import serve
-
-        _wait_for_interrupt(f"[patchray] serving at {result.service_url} until Ctrl-C")
-        serve.shutdown()
-        ray.shutdown()
+    cfg = load_config(spec, args.overrides, model=DemoConfig)
+    run_dir = new_run_dir(cfg)
+    with RunOutput(run_dir / "logs" / LOG_NAME, verbose=args.verbose):
+        result = run_demo(cfg, run_dir=run_dir, shutdown=not args.keep_serving)
+        if args.keep_serving:
+            _wait_for_interrupt(f"serving at {result.service_url} until Ctrl-C")
+            runtime.shutdown(serve=True)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from patchray.config import load_config
-    from patchray.pipeline import run_train_job
+    from patchray.config import TrainJobConfig, load_config
+    from patchray.workflows.train import run_dir_of, run_train_job
 
-    run_train_job(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides, model=TrainJobConfig)
+    with RunOutput(run_dir_of(cfg) / "logs" / LOG_NAME, verbose=args.verbose):
+        run_train_job(cfg)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from patchray.config import load_config
-    from patchray.pipeline import init_ray, start_service
+    from patchray import runtime
+    from patchray.config import ServeJobConfig, load_config
+    from patchray.serving.launch import start_service
 
-    cfg = load_config(args.config, args.overrides + [f"serve.port={args.port}"])
-    init_ray(cfg.ray, metrics_port=cfg.serve.metrics_port)
-    url = start_service(cfg, Path(args.model_dir).resolve())
-    _wait_for_interrupt(
-        f"[patchray] serving {args.model_dir} at {url}/v1/predict; metrics on "
-        f"http://127.0.0.1:{cfg.serve.metrics_port}/metrics; Ctrl-C to stop"
-    )
+    cfg = load_config(args.config, args.overrides + [f"serve.port={args.port}"],
+                      model=ServeJobConfig)
+    model_dir = Path(args.model_dir).resolve()
+    with RunOutput(Path(cfg.runs_root).resolve() / "serve" / "logs" / LOG_NAME,
+                   verbose=args.verbose):
+        runtime.init_ray(cfg.ray, metrics_port=cfg.serve.metrics_port)
+        url = start_service(cfg.serve, model_dir)
+        _wait_for_interrupt(
+            f"serving {model_dir} at {url}/v1/predict; metrics on "
+            f"http://127.0.0.1:{cfg.serve.metrics_port}/metrics; Ctrl-C to stop"
+        )
+        runtime.shutdown(serve=True)
     return 0
 
 
@@ -94,6 +111,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_COMMANDS = ("demo", "train", "serve")  # start Ray: their output goes through RunOutput
 EXIT_REJECTED = 3  # ingest finished, but some inputs were refused (see the ingest report)
 REJECTIONS_SHOWN = 10
 
@@ -221,15 +239,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR = 2  # usage, config or data errors: the message says what to fix
+EXIT_BUG = 1  # anything else: a bug in patchray or below it; the traceback is in the log
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from patchray import runtime
+
+    runtime.prepare_process()  # before anything imports TensorFlow
+    routing = None
+    if args.command not in RUN_COMMANDS:  # those configure output themselves (RunOutput)
+        routing = configure_terminal(verbose=getattr(args, "verbose", False))
     try:
         return args.func(args)
     except PatchrayError as e:
-        print(f"patchray: error: {e}", file=sys.stderr)
-        return 2
+        where = getattr(e, "patchray_log", None)
+        print(f"patchray: error: {e}" + (f"\n  (log: {where})" if where else ""),
+              file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("patchray: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        where = getattr(e, "patchray_log", None)
+        if where is None:
+            raise
+        print(f"patchray: unexpected error: {type(e).__name__}: {e}\n  the traceback is in "
+              f"{where}; please report it with that file", file=sys.stderr)
+        return EXIT_BUG
+    finally:
+        if routing is not None:
+            routing.restore()
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from patchray.errors import ConfigError
+from patchray.errors import ConfigError, UnknownModelError
 
 
 class _Strict(BaseModel):
@@ -39,7 +39,7 @@ class SplitConfig(_Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _leaves_room_for_test(self) -> "SplitConfig":
+    def _leaves_room_for_test(self) -> SplitConfig:
         if self.train + self.val >= 1.0:
             raise ValueError(
                 f"split.train + split.val must be < 1 to leave patients for test, got "
@@ -66,7 +66,7 @@ class DataConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    model: str = "cnn2"
+    model: str = Field("cnn2", description="A registry model (`patchray models` lists them)")
     model_args: dict[str, Any] = Field(default_factory=dict)
     input_size: int = Field(50, ge=16, le=512)
     epochs: int = Field(6, ge=1)
@@ -88,8 +88,26 @@ class TrainConfig(_Strict):
     )
     seed: int = 0
 
+    @field_validator("model")
+    @classmethod
+    def _model_is_registered(cls, name: str) -> str:
+        # Here, at config-load time, not minutes later on a Ray worker.
+        from patchray.models import get_model_info
+
+        try:
+            get_model_info(name)
+        except UnknownModelError as e:
+            raise ValueError(str(e)) from None
+        return name
+
+    def preprocess(self) -> Any:
+        """The model's input contract (:class:`patchray.inference.preprocess.Preprocess`)."""
+        from patchray.inference.preprocess import Preprocess
+
+        return Preprocess(size=self.input_size)
+
     @model_validator(mode="after")
-    def _gpu_settings_agree(self) -> "TrainConfig":
+    def _gpu_settings_agree(self) -> TrainConfig:
         if self.use_gpu and self.gpus_per_worker <= 0:
             raise ValueError(
                 "train.use_gpu is true but train.gpus_per_worker is 0: request a GPU share "
@@ -114,18 +132,30 @@ class ExportConfig(_Strict):
     parity_atol: float = Field(1e-4, gt=0)
 
 
-class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    metrics_port: int = Field(8080, ge=1, le=65535)
-    route_prefix: str = "/"
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+class ServeAppArgs(_Strict):
+    """How the classifier deployment runs: the Serve application's ``args`` (serve/app.py,
+    serve/config.yaml) and the ``serve:`` section of a job spec, from this one model."""
+
+    max_batch_size: int = Field(32, ge=1, description="Patches per OpenVINO call (dynamic batching)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8, gt=0)
     replica_cpus: float = Field(0.5, gt=0)
+
+
+class ServeConfig(ServeAppArgs):
+    """The ``serve:`` section: where the service listens, plus the deployment's args."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    metrics_port: int = Field(8080, ge=1, le=65535)
+    route_prefix: str = "/"
     demo_requests: int = Field(16, ge=0)
+
+    def app_args(self) -> ServeAppArgs:
+        return ServeAppArgs.model_validate(
+            {k: getattr(self, k) for k in ServeAppArgs.model_fields})
 
 
 class RayConfig(_Strict):
@@ -136,8 +166,9 @@ class RayConfig(_Strict):
     object_store_memory_mb: int | None = 1024
 
 
-class PipelineConfig(_Strict):
-    """The whole demo pipeline: data -> train -> evaluate -> export -> serve."""
+class TrainJobConfig(_Strict):
+    """``patchray train``: train on an ingested dataset, export, evaluate. Tune samples this
+    section set and dumps it back as a job spec."""
 
     name: str = "demo"
     dataset: str = "synthetic"
@@ -146,8 +177,24 @@ class PipelineConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
+    ray: RayConfig = RayConfig()
+
+
+class DemoConfig(TrainJobConfig):
+    """``patchray demo``: make data, train, export, evaluate, then serve and query."""
+
+    serve: ServeConfig = ServeConfig()
+
+
+class ServeJobConfig(_Strict):
+    """``patchray serve``: serve one exported model."""
+
+    runs_root: str = "runs"
     serve: ServeConfig = ServeConfig()
     ray: RayConfig = RayConfig()
+
+
+PipelineConfig = DemoConfig  # every section: what a spec may hold for any job
 
 
 # --------------------------------------------------------------------------- loading

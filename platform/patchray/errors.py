@@ -1,4 +1,8 @@
-"""Domain exceptions. Every message names the file or field at fault and what was expected."""
+"""Domain exceptions. Every message names the file or field at fault and what was expected.
+
+Everything a user can cause or fix is a :class:`PatchrayError`; the CLI prints its message
+(no traceback) and exits 2. Anything else is a bug, and the CLI says where the traceback is.
+"""
 
 from __future__ import annotations
 
@@ -30,5 +34,21 @@ class ArtifactError(PatchrayError):
     """An exported model artifact is missing files or has invalid metadata."""
 
 
+class ParityError(ArtifactError):
+    """The exported model's outputs differ from the trained model's beyond the tolerance."""
+
+
+class TrainingError(PatchrayError):
+    """Training failed on the cluster (the message says where its logs are)."""
+
+
+class ServiceError(PatchrayError):
+    """The model service could not be started or did not answer."""
+
+
 class StorageError(PatchrayError):
     """A storage URI cannot be resolved or accessed."""
+
+
+class NotFoundError(StorageError):
+    """The object or file at a URI does not exist (its bucket does)."""

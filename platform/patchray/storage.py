@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from patchray.errors import StorageError
+from patchray.errors import NotFoundError, StorageError
 
 ENDPOINT_ENV = ("PATCHRAY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -200,7 +200,7 @@ _DIAGNOSES = (
     (("NO_SUCH_BUCKET", "NoSuchBucket", "allow_bucket_creation"), NO_BUCKET),
     (("INVALID_ACCESS_KEY_ID", "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH",
       "SignatureDoesNotMatch", "ACCESS_DENIED", "AccessDenied", "EXPIRED_TOKEN", "ExpiredToken",
-      "Forbidden"), DENIED),
+      "Forbidden", "PermissionError"), DENIED),
 )
 
 
@@ -241,7 +241,7 @@ def _translated(fs: pafs.FileSystem, uri: str, action: str) -> Iterator[None]:
         raise
     except FileNotFoundError as e:
         _check_bucket(fs, uri, action)
-        raise StorageError(f"cannot {action} {uri}: not found") from e
+        raise NotFoundError(f"cannot {action} {uri}: not found") from e
     except OSError as e:
         raise _diagnose(e, uri, action) from e
 
@@ -286,10 +286,23 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def read_bytes(uri: str) -> bytes:
+    """A whole object. On ``s3://`` one GET: pyarrow's input streams first HEAD the object
+    for its size, which doubles the requests for the small JSON files patchray reads."""
     fs, path = resolve(uri)
     with _translated(fs, uri, "read"):
+        if is_remote(uri):
+            return _get_object(path)
         with fs.open_input_stream(path) as f:
             return f.read()
+
+
+def _get_object(path: str) -> bytes:
+    try:  # max_concurrency > 1 would HEAD the object for its size first
+        return s3fs_filesystem().cat_file(path, max_concurrency=1)
+    except OSError:  # FileNotFoundError, PermissionError: _translated words them
+        raise
+    except Exception as e:  # botocore/aiohttp errors: name them, as pyarrow's would be
+        raise OSError(f"{type(e).__name__}: {e}") from e
 
 
 def write_json(uri: str, obj: Any) -> None:

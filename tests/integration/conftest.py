@@ -6,7 +6,7 @@ as a real store would refuse them. It points patchray at the server through the 
 (``PATCHRAY_S3_ENDPOINT``, ``AWS_*``) and restores the environment afterwards.
 
 Ray workers only see those variables if they are set before Ray starts (local workers inherit
-the driver's environment; ``patchray.pipeline.init_ray`` also forwards them in the job's
+the driver's environment; ``patchray.runtime.init_ray`` also forwards them in the job's
 ``runtime_env``). ``ray_cluster`` below therefore overrides the session fixture of
 ``tests/conftest.py`` to start the S3 server first, whichever integration test asks first.
 """
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from tests.conftest import free_port
 
 BUCKET = "patchray-test"

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from patchray.config import DataConfig
+from patchray.data.ingest import ingest_synthetic
+from patchray.data.manifest import PatchDataset
 from patchray.data.pipeline import raise_explained, read_split, training_dataset
 from patchray.errors import DataError
-from patchray.pipeline import make_synthetic_dataset
+from patchray.inference.preprocess import Preprocess
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +23,13 @@ def _dataset(root: Path, encoding: str) -> str:
         "encoding": encoding, "rows_per_file": 16,
         "synthetic": {"num_patients": 3, "patches_per_patient": 24, "patch_size": 40},
     })
-    make_synthetic_dataset(data, str(root), log=lambda _: None)
+    ingest_synthetic(data, str(root))
     return str(root)
 
 
 def _patches(root: str, size: int) -> list[tuple[bytes, float]]:
-    ds = training_dataset(root, "train", size=size, augment=False, batch_size=7)
+    ds = training_dataset(PatchDataset.open(root), "train", preprocess=Preprocess(size=size),
+                          augment=False, batch_size=7)
     out = []
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         assert b["x"].dtype == np.uint8 and b["x"].shape[1:] == (size, size, 3)
@@ -51,7 +54,7 @@ def test_a_corrupted_page_fails_the_read_instead_of_training_on_garbage(ray_clus
     data[len(data) // 3] ^= 0xFF  # a flipped bit in an image page: still "valid" pixels
     part.write_bytes(bytes(data))
     with pytest.raises(Exception, match="CRC checksum verification failed") as failed:
-        read_split(root, "train").materialize()
+        read_split(PatchDataset.open(root), "train").materialize()
     # What training and scoring raise instead: which dataset, and how to find the file.
     with pytest.raises(DataError, match=r"a Parquet page failed its checksum .*CRC checksum "
                        r"verification failed.*patchray dataset validate") as explained:
@@ -62,5 +65,5 @@ def test_a_corrupted_page_fails_the_read_instead_of_training_on_garbage(ray_clus
         raise_explained(other, root)
     # Ray's v2 reader cannot verify pages (it drops pyarrow's scan options): the corrupt
     # bytes come back as if they were pixels, which is why patchray reads with v1.
-    unverified = read_split(root, "train", parquet_reader="v2")
+    unverified = read_split(PatchDataset.open(root), "train", parquet_reader="v2")
     assert sum(len(b["image"]) for b in unverified.iter_batches(batch_format="numpy")) == 24

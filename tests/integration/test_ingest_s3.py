@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tests.unit.data.test_sources import _folder, _idc, _pcam
 
 from patchray import cli, storage
-from tests.unit.test_ingest_sources import _folder, _idc, _pcam
 
 pytestmark = pytest.mark.integration
 

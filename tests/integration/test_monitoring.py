@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 import yaml
-
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tests.conftest import free_port
 
 from patchray import storage
 from patchray.errors import StorageError
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def s3_dataset(s3_server) -> tuple[str, dict]:
     """A tiny synthetic dataset (4 patients x 20 patches) written to the S3 server."""
-    from patchray.data.ingest import synthetic_records, write_split_dataset
-    from patchray.data.synthetic import generate_patches
+    from patchray.config import DataConfig
+    from patchray.data.ingest import ingest_synthetic
 
     uri = s3_server.uri("ds")
-    return uri, write_split_dataset(synthetic_records(generate_patches(4, 20)), uri)
+    data = DataConfig.model_validate({"synthetic": {"num_patients": 4, "patches_per_patient": 20}})
+    return uri, ingest_synthetic(data, uri).to_json()
 
 
 def _keys(s3_server, prefix: str) -> list[str]:
@@ -36,10 +37,10 @@ def _keys(s3_server, prefix: str) -> list[str]:
 
 
 def test_dataset_written_to_s3_reads_back_with_pyarrow(s3_server, s3_dataset):
-    from patchray.data.ingest import read_manifest
+    from patchray.data.manifest import read_manifest
 
     uri, manifest = s3_dataset
-    assert read_manifest(uri) == manifest
+    assert read_manifest(uri).to_json() == manifest
     files = storage.list_files(uri, ".parquet")
     assert files == sorted(storage.join(uri, f) for s in manifest["splits"].values()
                            for f in s["files"])
@@ -62,12 +63,14 @@ def test_s3fs_with_pinned_aiobotocore_reads_the_same_objects(s3_dataset):
 
 
 def test_ray_data_streams_the_train_split_from_s3(ray_cluster, s3_dataset):
+    from patchray.data.manifest import PatchDataset
     from patchray.data.pipeline import training_dataset
+    from patchray.inference.preprocess import Preprocess
 
     uri, manifest = s3_dataset
     train = manifest["splits"]["train"]
-    ds = training_dataset(uri, "train", size=50, augment=True, label_counts=train["labels"],
-                          weighting="balanced", batch_size=16)
+    ds = training_dataset(PatchDataset.open(uri), "train", preprocess=Preprocess(size=50),
+                          augment=True, weighting="balanced", batch_size=16)
     batches = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
     x = np.concatenate([b["x"] for b in batches])
     assert x.shape == (train["rows"], 50, 50, 3) and x.dtype == np.uint8
@@ -77,14 +80,15 @@ def test_ray_data_streams_the_train_split_from_s3(ray_cluster, s3_dataset):
 def test_ray_train_keeps_checkpoints_and_replica_digests_in_s3(
     ray_cluster, s3_server, s3_dataset, tmp_path
 ):
-    from patchray.config import load_config
+    from patchray.config import TrainJobConfig, load_config
+    from patchray.data.manifest import PatchDataset
     from patchray.training.trainer import run_training
 
     uri, _ = s3_dataset
-    cfg = load_config(overrides=["train.model=tiny", "train.epochs=1", "train.num_workers=2",
-                                 "train.batch_size=16"])
+    cfg = load_config(model=TrainJobConfig, overrides=[
+        "train.model=tiny", "train.epochs=1", "train.num_workers=2", "train.batch_size=16"])
     runs = s3_server.uri("runs")
-    outcome = run_training(cfg, data_root=uri, storage_root=runs, run_name="t",
+    outcome = run_training(cfg, dataset=PatchDataset.open(uri), storage_root=runs, run_name="t",
                            local_dir=str(tmp_path))
 
     assert outcome.storage_uri == storage.join(runs, "t")
@@ -159,3 +163,86 @@ def test_unreachable_endpoint_is_a_storage_error_naming_it(monkeypatch):
     with pytest.raises(StorageError, match=rf"s3://patchray-test/ds: cannot reach the S3 "
                                            rf"endpoint {endpoint}: check PATCHRAY_S3_ENDPOINT"):
         storage.check_access("s3://patchray-test/ds")
+
+
+class CountingProxy:
+    """An HTTP proxy on loopback in front of the S3 server that records every request
+    (method, path), so a test can count what patchray asks the store for. Forwarded as is
+    (headers included: the SigV4 signature covers the Host header the client sent)."""
+
+    def __init__(self, upstream: str):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        self.requests: list[tuple[str, str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients expect
+
+            def _forward(self) -> None:
+                proxy.requests.append((self.command, self.path.split("?")[0]))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
+                reply = conn.getresponse()
+                data = reply.read()
+                self.send_response(reply.status, reply.reason)
+                for key, value in reply.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                # A HEAD answer carries the object's length, not its (empty) body's.
+                size = reply.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", size or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def count(self, suffix: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for method, path in self.requests:
+            if path.endswith(suffix):
+                counts[method] = counts.get(method, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_patchray_train_reads_the_manifest_once(ray_cluster, s3_server, s3_dataset, tmp_path,
+                                                monkeypatch):
+    """The whole `patchray train` job (train, export sample, threshold, test scoring) on an
+    s3:// dataset asks the store for manifest.json once (it was ~11 reads, 2 requests each)."""
+    from patchray.config import TrainJobConfig, load_config
+    from patchray.workflows.train import run_train_job
+
+    uri, _ = s3_dataset
+    proxy = CountingProxy(s3_server.endpoint)
+    try:
+        monkeypatch.setenv("PATCHRAY_S3_ENDPOINT", proxy.endpoint)  # this driver only
+        cfg = load_config(model=TrainJobConfig, overrides=[
+            "name=manifest-reads", "dataset=s3-test", f"runs_root={tmp_path}",
+            f"data.root={uri}", "train.model=tiny", "train.epochs=1", "train.batch_size=16",
+            "data.augment=false"])
+        result = run_train_job(cfg, shutdown=False)
+    finally:
+        proxy.close()
+    assert (result.model_dir / "metadata.json").is_file()
+    assert any(path.endswith(".parquet") for _, path in proxy.requests)  # it did go through
+    assert proxy.count("manifest.json") == {"GET": 1}, proxy.requests

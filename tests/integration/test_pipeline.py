@@ -56,14 +56,14 @@ def test_openvino_matches_keras(demo_run):
 
 
 def test_served_answers_match_direct_openvino_inference(demo_run):
-    from patchray.serving.predictor import PatchPredictor
+    from patchray.data.manifest import PatchDataset
+    from patchray.inference.predictor import PatchPredictor
 
     rows = demo_run.predictions
     assert len(rows) == 8
-    predictor = PatchPredictor(demo_run.model_dir)
-    from patchray.pipeline import read_patch_rows
-
-    test_rows = read_patch_rows(str(demo_run.run_dir / "data"), "test", 10_000, as_png=True)
+    predictor = PatchPredictor.from_artifact(demo_run.model_dir)
+    dataset = PatchDataset.open(str(demo_run.run_dir / "data"))
+    test_rows = dataset.sample_rows("test", 10_000, as_png=True)
     lookup = {(r["patient_id"], r["x"], r["y"]): r["image"] for r in test_rows}
     direct = predictor.predict_images([lookup[(a["patient_id"], a["x"], a["y"])] for a in rows])
     served = np.array([a["probability"] for a in rows])

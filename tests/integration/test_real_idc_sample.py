@@ -47,16 +47,16 @@ def test_real_idc_sample_ingests_without_rejections(shared_idc, tmp_path, capsys
 def test_train_on_one_real_patient_and_test_on_the_other(ray_cluster, shared_idc, tmp_path):
     """The real-tissue figure of jobs/idc-sample.yaml, shorter: train on 10253, test on 8975,
     validate on a 20% hold-out of 10253 (two patients leave none for a val split)."""
-    from patchray.config import load_config
-    from patchray.pipeline import run_train_job
+    from patchray.config import TrainJobConfig, load_config
+    from patchray.workflows.train import run_train_job
 
     data = tmp_path / "idc"
     assert cli.main(["ingest", "idc", str(shared_idc), "--out", str(data),
                      "--split-map", "10253=train,8975=test"]) == 0
-    cfg = load_config(REPO / "jobs/idc-sample.yaml", [
+    cfg = load_config(REPO / "jobs/idc-sample.yaml", model=TrainJobConfig, overrides=[
         f"runs_root={tmp_path / 'runs'}", f"data.root={data}", "train.epochs=8",
     ])
-    result = run_train_job(cfg, log=print, shutdown=False)
+    result = run_train_job(cfg, shutdown=False)
     test = result.metrics["test"]
     print(f"real IDC, test patient 8975: AUC {test['auc']:.3f} sensitivity "
           f"{test['sensitivity']:.3f} specificity {test['specificity']:.3f}")

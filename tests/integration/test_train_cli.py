@@ -110,6 +110,14 @@ def test_killed_driver_resumes_from_its_last_checkpoint_when_rerun(tiny_dataset,
     out = second_log.read_text()
     match = re.search(rf"resuming from epoch (\d+)/{EPOCHS} checkpoint", out)
     assert match, out[-4000:]
+    # Quiet terminal: patchray's lines only (epoch lines from the workers included), the
+    # rest (Ray, Ray Data, TensorFlow) in the run's log file.
+    lines = out.splitlines()
+    assert lines and all(line.startswith("[patchray] ") for line in lines), out[-4000:]
+    assert len(lines) < 40, out
+    assert any(re.match(rf"\[patchray\] epoch {EPOCHS}/{EPOCHS} ", line) for line in lines), out
+    logged = (run_dir / "logs" / "patchray.log").read_text()
+    assert "RayTrainWorker" in logged and "TEST AUC" in logged
     resumed_after = int(match.group(1))  # epochs already done when the second run started
     assert 1 <= resumed_after < EPOCHS
 

@@ -5,6 +5,7 @@ is what gets exported, and a finished run is not trained again."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from patchray.data.manifest import PatchDataset
 from patchray.models import list_models
 
 pytestmark = pytest.mark.integration
@@ -30,9 +32,9 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of reported ch
 
 
 def train_config(tmp_path: Path, *overrides: str):
-    from patchray.config import load_config
+    from patchray.config import TrainJobConfig, load_config
 
-    return load_config(overrides=[
+    return load_config(model=TrainJobConfig, overrides=[
         f"runs_root={tmp_path}", "train.input_size=32", "train.batch_size=8",
         "data.augment=false", *overrides,
     ])
@@ -96,7 +98,7 @@ def test_killed_worker_is_replaced_and_training_resumes_from_checkpoint(
     killer = KillWorkerAfterFirstCheckpoint(tmp_path / "train")
     killer.start()
     try:
-        outcome = run_training(cfg, data_root=tiny_dataset, storage_root=str(tmp_path),
+        outcome = run_training(cfg, dataset=PatchDataset.open(tiny_dataset), storage_root=str(tmp_path),
                                run_name="train", local_dir=str(tmp_path))
     finally:
         killer.done.set()
@@ -145,7 +147,7 @@ def _report_scripted_epochs(config: dict) -> None:
 
 
 def test_best_checkpoint_by_val_auc_is_exported_and_finished_run_is_not_retrained(
-    ray_cluster, tmp_path
+    ray_cluster, tmp_path, caplog
 ):
     from ray.train import ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -177,10 +179,12 @@ def test_best_checkpoint_by_val_auc_is_exported_and_finished_run_is_not_retraine
     assert [h["epoch"] for h in outcome.history] == [0, 1, 2]  # all epochs, from the latest
 
     # The same job again: Ray's snapshot says epoch 3/3 is done, so no worker is started.
-    logs: list[str] = []
-    again = run_training(cfg, data_root="/nonexistent-dataset", storage_root=str(tmp_path),
-                         run_name="train", local_dir=str(tmp_path / "again"), log=logs.append)
+    # (no dataset: a finished run reads none)
+    with caplog.at_level(logging.INFO, logger="patchray"):
+        again = run_training(cfg, dataset=None, storage_root=str(tmp_path),
+                             run_name="train", local_dir=str(tmp_path / "again"))
     assert not again.trained and again.epochs_before == 3
+    logs = caplog.messages
     assert any("not training again" in line for line in logs), logs
     again_best = json.loads(Path(again.best_checkpoint_dir, "meta.json").read_text())
     assert again_best["epoch"] == 1 and again.history == outcome.history
@@ -190,7 +194,7 @@ def test_best_checkpoint_by_val_auc_is_exported_and_finished_run_is_not_retraine
 
     other = train_config(tmp_path, "train.epochs=5", "train.model=cnn6")
     with pytest.raises(ConfigError, match="model: checkpoint has 'cnn2', config has 'cnn6'"):
-        run_training(other, data_root="/nonexistent-dataset", storage_root=str(tmp_path),
+        run_training(other, dataset=None, storage_root=str(tmp_path),
                      run_name="train", local_dir=str(tmp_path / "other"))
 
 
@@ -205,7 +209,7 @@ def test_every_registered_model_trains_data_parallel(name, ray_cluster, tiny_dat
     cfg = train_config(tmp_path, f"train.model={name}", f"train.model_args={args}",
                        "train.epochs=1")
     t0 = time.perf_counter()
-    outcome = run_training(cfg, data_root=tiny_dataset, storage_root=str(tmp_path),
+    outcome = run_training(cfg, dataset=PatchDataset.open(tiny_dataset), storage_root=str(tmp_path),
                            run_name="train", local_dir=str(tmp_path))
     print(f"{name}: 2 workers x 1 epoch in {time.perf_counter() - t0:.1f}s")
     meta = json.loads(Path(outcome.best_checkpoint_dir, "meta.json").read_text())
@@ -220,13 +224,13 @@ def test_every_registered_model_trains_data_parallel(name, ray_cluster, tiny_dat
 def learnable_dataset(tmp_path_factory) -> str:
     """Enough synthetic patients for a val AUC that measures something: 8 x 80 patches."""
     from patchray.config import DataConfig
-    from patchray.pipeline import make_synthetic_dataset
+    from patchray.data.ingest import ingest_synthetic
 
     root = str(tmp_path_factory.mktemp("learnable-data"))
     data = DataConfig.model_validate(
         {"synthetic": {"num_patients": 8, "patches_per_patient": 80, "patch_size": 32}}
     )
-    make_synthetic_dataset(data, root, log=lambda _: None)
+    ingest_synthetic(data, root)
     return root
 
 
@@ -243,7 +247,7 @@ def test_two_workers_reach_the_quality_of_one_worker(ray_cluster, learnable_data
     for workers, per_worker in ((1, 16), (2, 8)):
         cfg = train_config(tmp_path / f"w{workers}", "train.model=cnn6", "train.epochs=8",
                            f"train.num_workers={workers}", f"train.batch_size={per_worker}")
-        outcome = run_training(cfg, data_root=learnable_dataset,
+        outcome = run_training(cfg, dataset=PatchDataset.open(learnable_dataset),
                                storage_root=str(tmp_path / f"w{workers}"), run_name="train",
                                local_dir=str(tmp_path / f"w{workers}"))
         steps = outcome.history[-1]["optimizer_steps"]

@@ -22,9 +22,12 @@ def test_importing_the_library_has_no_side_effects(tmp_path):
         """
         import logging, os, sys
         before = set(os.listdir("."))
-        import patchray, patchray.config, patchray.cli, patchray.pipeline, patchray.data.ingest
-        import patchray.data.pipeline, patchray.models, patchray.training.trainer
-        import patchray.evaluation.report, patchray.export.artifact
+        import importlib, pkgutil
+        import patchray
+        modules = [m.name for m in pkgutil.walk_packages(patchray.__path__, "patchray.")]
+        assert "patchray.workflows.demo" in modules and len(modules) > 40, modules
+        for name in modules:
+            importlib.import_module(name)
         assert set(os.listdir(".")) == before, "import created files"
         assert not logging.getLogger().handlers, "import configured logging"
         assert "tensorflow" not in sys.modules, "import pulled in TensorFlow"
@@ -43,8 +46,9 @@ def test_serving_path_never_imports_tensorflow(tmp_path):
     proc = _run(
         """
         import sys
-        import patchray.serving.deployment, patchray.serving.predictor
-        import patchray.evaluation.scoring
+        import patchray.serving.deployment, patchray.serving.launch
+        import patchray.inference.predictor, patchray.inference.preprocess
+        import patchray.evaluation.scoring, patchray.export.artifact
         sys.path.insert(0, %r)
         import serve.app
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "keras"))

@@ -9,10 +9,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("spec", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
-def test_job_specs_validate(spec):
-    from patchray.config import load_config
+def test_job_specs_validate_as_the_config_of_their_job(spec):
+    from patchray.config import DemoConfig, TrainJobConfig, load_config
 
-    load_config(spec)
+    job = DemoConfig if spec.name == "demo.yaml" else TrainJobConfig  # see jobs/README.md
+    assert isinstance(load_config(spec, model=job), job)
 
 
 def test_serve_config_matches_ray_schema_and_app_args():

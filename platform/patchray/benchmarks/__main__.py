@@ -10,7 +10,6 @@ and repeat more. Results: ``<out>/<name>.json`` and ``<out>/<name>.png``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -38,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-images-per-s", type=float, default=31_000.0,
                    help="GPU training rate the decode table is sized against")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from patchray.runtime import prepare_process
+
+    prepare_process()  # the one process environment (legacy Keras, quiet TensorFlow)
     opts = BenchOptions(out=args.out, sizes=tuple(args.sizes or (50, 96)), quick=args.quick,
                         gpu_images_per_s=args.gpu_images_per_s)
     names = list(BENCHMARKS) if args.name == "all" else [args.name]

@@ -89,7 +89,7 @@ def write_results(out: Path, name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def finish(opts: "BenchOptions", name: str, rows: list[dict[str, Any]], chart: Path,
+def finish(opts: BenchOptions, name: str, rows: list[dict[str, Any]], chart: Path,
            log: Callable[[str], None], **extra: Any) -> dict[str, Any]:
     """The standard result payload (rows, machine, chart), written to ``<out>/<name>.json``."""
     payload = {"benchmark": name, "quick": opts.quick, "machine": machine(), **extra,
@@ -156,30 +156,31 @@ def sample_patches(size: int, n: int, *, seed: int = 0) -> np.ndarray:
 def synthetic_dataset(
     cache: Path, size: int, *, patients: int, per_patient: int, copies: int = 1,
     train: float = 0.6, val: float = 0.2, encoding: str = "png", log: Log = say,
-) -> tuple[str, dict[str, Any]]:
-    """A split Parquet dataset of synthetic patches under ``cache``, written once and reused.
+) -> Any:
+    """A split Parquet dataset of synthetic patches under ``cache``, ingested once (through
+    the ingest path every source takes) and reused; returns its PatchDataset.
 
-    ``copies`` > 1 repeats the generated patients under new patient ids: a large dataset
-    without the generation time (decoding cost does not depend on the pixels repeating).
-    """
-    from patchray.data.ingest import read_manifest, synthetic_records, write_split_dataset
-    from patchray.data.synthetic import generate_patches
+    ``copies`` > 1 multiplies the patients (each new one is drawn, not repeated: ingest
+    refuses duplicate pixels)."""
+    from patchray.config import DataConfig
+    from patchray.data.ingest import ingest_synthetic
+    from patchray.data.manifest import PatchDataset
 
     suffix = "" if encoding == "png" else f"-{encoding}"
     root = cache / f"synthetic-{size}px-{patients}x{per_patient}x{copies}{suffix}"
     if (root / "manifest.json").is_file():
-        return str(root), read_manifest(str(root))
+        return PatchDataset.open(str(root))
     t0 = time.perf_counter()
-    records = list(synthetic_records(generate_patches(patients, per_patient, size=size),
-                                     encoding=encoding))
-    rows = [
-        {**r, "patient_id": f"{r['patient_id']}-c{c}", "slide_id": f"{r['slide_id']}-c{c}"}
-        for c in range(copies) for r in records
-    ]
-    manifest = write_split_dataset(rows, str(root), train=train, val=val, encoding=encoding)
-    log(f"wrote {len(rows)} synthetic {size}x{size} patches to {root} "
+    data = DataConfig.model_validate({
+        "synthetic": {"num_patients": patients * copies, "patches_per_patient": per_patient,
+                      "patch_size": size},
+        "split": {"train": train, "val": val}, "encoding": encoding,
+    })
+    ingest_synthetic(data, str(root), workers=os.cpu_count() or 1)
+    dataset = PatchDataset.open(str(root))
+    log(f"wrote {patients * copies * per_patient} synthetic {size}x{size} patches to {root} "
         f"({time.perf_counter() - t0:.0f}s)")
-    return str(root), manifest
+    return dataset
 
 
 class FreshProcess:
@@ -208,7 +209,7 @@ def start_ray(*, num_cpus: int = 4, object_store_mb: int = 1024) -> None:
     import ray
 
     from patchray.config import RayConfig
-    from patchray.pipeline import init_ray
+    from patchray.runtime import init_ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from patchray.benchmarks.common import (
-    BenchOptions, Log, format_table, machine, say, start_ray, synthetic_dataset, write_results,
+    BenchOptions,
+    Log,
+    format_table,
+    machine,
+    say,
+    start_ray,
+    synthetic_dataset,
+    write_results,
 )
 
 NAME = "memory"
@@ -66,7 +73,7 @@ class MemorySampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self.sample()
         self._thread.start()
         return self
@@ -103,13 +110,13 @@ def consume_epoch(ds: Any, *, images_per_s: float, batch: int = BATCH) -> dict[s
     return {"rows": rows, "decoded_bytes": nbytes, "seconds": time.perf_counter() - t0}
 
 
-def measure_memory(root: str, manifest: dict[str, Any], size: int, *, images_per_s: float,
+def measure_memory(dataset: Any, size: int, *, images_per_s: float,
                    object_store_mb: float) -> dict[str, Any]:
     """One epoch of the training pipeline under a :class:`MemorySampler` (Ray already up)."""
     from patchray.data.pipeline import training_dataset
+    from patchray.inference.preprocess import Preprocess
 
-    ds = training_dataset(root, "train", size=size, augment=True,
-                          label_counts=manifest["splits"]["train"]["labels"],
+    ds = training_dataset(dataset, "train", preprocess=Preprocess(size=size), augment=True,
                           weighting="balanced")
     with MemorySampler() as sampler:
         time.sleep(2.0)  # the idle cluster: the baseline
@@ -186,15 +193,15 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     target_mb = 3 * OBJECT_STORE_MB if opts.quick else 6 * OBJECT_STORE_MB
     unique = 600 if opts.quick else 1500
     copies = max(1, round(target_mb * MB / (size * size * 3) / 0.9 / unique))
-    root, manifest = synthetic_dataset(opts.out / "data", size, patients=6,
-                                       per_patient=unique // 6, copies=copies, train=0.9,
-                                       val=0.05, log=log)
+    dataset = synthetic_dataset(opts.out / "data", size, patients=6,
+                                per_patient=unique // 6, copies=copies, train=0.9,
+                                val=0.05, log=log)
     images_per_s = 300.0 if size >= 96 else 900.0
-    log(f"memory {size}x{size}: {manifest['splits']['train']['rows']} train patches, "
+    log(f"memory {size}x{size}: {dataset.rows('train')} train patches, "
         f"object store {OBJECT_STORE_MB} MB, consumer paced at {images_per_s:.0f} images/s")
     start_ray(num_cpus=4, object_store_mb=OBJECT_STORE_MB)
     try:
-        result = measure_memory(root, manifest, size, images_per_s=images_per_s,
+        result = measure_memory(dataset, size, images_per_s=images_per_s,
                                 object_store_mb=OBJECT_STORE_MB)
     finally:
         ray.shutdown()

@@ -25,8 +25,18 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    PARQUET_READERS, BenchOptions, FreshProcess, Log, bar_chart, call_in_actor, format_table,
-    machine, say, start_ray, synthetic_dataset, write_results,
+    PARQUET_READERS,
+    BenchOptions,
+    FreshProcess,
+    Log,
+    bar_chart,
+    call_in_actor,
+    format_table,
+    machine,
+    say,
+    start_ray,
+    synthetic_dataset,
+    write_results,
 )
 
 NAME = "reader"
@@ -83,7 +93,7 @@ def read_shard(shard: Any, *, epochs: int, batch: int = WORKER_BATCH) -> list[di
     return out
 
 
-def measure_reader(root: str, manifest: dict[str, Any], size: int, *, epochs: int,
+def measure_reader(dataset: Any, size: int, *, epochs: int,
                    workers: int = WORKERS, reader: str = "v2") -> dict[str, Any]:
     """Images/s each of ``workers`` 1-CPU actors gets from the training pipeline, per epoch.
 
@@ -93,9 +103,9 @@ def measure_reader(root: str, manifest: dict[str, Any], size: int, *, epochs: in
     import ray
 
     from patchray.data.pipeline import training_dataset
+    from patchray.inference.preprocess import Preprocess
 
-    ds = training_dataset(root, "train", size=size, augment=True,
-                          label_counts=manifest["splits"]["train"]["labels"],
+    ds = training_dataset(dataset, "train", preprocess=Preprocess(size=size), augment=True,
                           weighting="balanced", parquet_reader=reader)
     shards = ds.streaming_split(workers, equal=True)
     actor = ray.remote(num_cpus=1)(FreshProcess)
@@ -135,14 +145,14 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     start_ray(num_cpus=4, object_store_mb=1024)
     try:
         for size in opts.sizes:
-            root, manifest = synthetic_dataset(opts.out / "data", size, patients=patients,
-                                               per_patient=per_patient, log=log)
-            train_rows = manifest["splits"]["train"]["rows"]
+            dataset = synthetic_dataset(opts.out / "data", size, patients=patients,
+                                        per_patient=per_patient, log=log)
+            train_rows = dataset.rows("train")
             log(f"reader {size}x{size}: {train_rows} train patches, {epochs} epochs, "
                 f"{WORKERS} shard readers")
             readers = {}
             for version in PARQUET_READERS:
-                r = readers[version] = measure_reader(root, manifest, size, epochs=epochs,
+                r = readers[version] = measure_reader(dataset, size, epochs=epochs,
                                                       reader=version)
                 rates = [round(e["per_worker_images_per_s"]) for e in r["epochs"]]
                 firsts = [round(e["first_batch_seconds"], 1) for e in r["epochs"]]

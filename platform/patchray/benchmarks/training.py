@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, say,
-    start_ray, synthetic_dataset, write_results,
+    BenchOptions,
+    Log,
+    bar_chart,
+    call_in_actor,
+    format_table,
+    machine,
+    say,
+    start_ray,
+    synthetic_dataset,
+    write_results,
 )
 
 NAME = "training"
@@ -75,7 +83,7 @@ def steady_rate(epochs: list[dict[str, float]]) -> float:
     return sum(e["images"] for e in rest) / sum(e["seconds"] for e in rest)
 
 
-def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, epochs: int,
+def patchray_training(dataset: Any, size: int, *, epochs: int,
                       storage_root: Path, augment: bool = True,
                       batch_size: int = WORKER_BATCH, model: str = MODEL,
                       workers: int = WORKERS, threads: int = 1,
@@ -97,7 +105,7 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
     ])
     run_name = (f"{model}-{size}px-{workers}x{batch_size}-{'aug' if augment else 'noaug'}-"
                 f"{time.strftime('%H%M%S')}")
-    trainer = build_trainer(cfg, data_root=data_root,
+    trainer = build_trainer(cfg, dataset=dataset,
                             storage_root=str(storage_root.resolve()), run_name=run_name)
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -107,7 +115,7 @@ def patchray_training(data_root: str, manifest: dict[str, Any], size: int, *, ep
     with result.checkpoint.as_directory() as d:
         history = json.loads((Path(d) / CHECKPOINT_META).read_text())["history"]
     shutil.rmtree(storage_root / run_name, ignore_errors=True)  # checkpoints: not needed
-    rows = manifest["splits"]["train"]["rows"]
+    rows = dataset.rows("train")
     per_epoch = epoch_rates(history, rows - rows % workers, batch_size * workers)
     log(f"  patchray ({workers} worker(s) x {threads} thread(s), {batch_size} per worker, "
         f"{'augment' if augment else 'no augment'}): "
@@ -152,34 +160,34 @@ def keras_fit_rate(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, model: str, s
     return {"epochs": per_epoch, "images_per_s": steady_rate(per_epoch)}
 
 
-def decoded_split(data_root: str, split: str, size: int) -> tuple[np.ndarray, ...]:
-    """The whole split decoded in memory: x in [0, 1], y, balanced sample weights."""
-    from patchray.data.ingest import read_manifest
-    from patchray.data.transforms import class_weights, decode_rows, normalise
-    from patchray.pipeline import read_patch_rows
+def decoded_split(dataset: Any, split: str, size: int) -> tuple[np.ndarray, ...]:
+    """The whole split decoded in memory: model input x, y, balanced sample weights."""
+    from patchray.data.transforms import class_weights
+    from patchray.inference.preprocess import Preprocess
 
-    manifest = read_manifest(data_root)
-    rows = read_patch_rows(data_root, split, manifest["splits"][split]["rows"])
-    x = normalise(decode_rows(rows, size, manifest["encoding"]))
+    rows = dataset.sample_rows(split, dataset.rows(split))
+    x = Preprocess(size=size)([r["image"] for r in rows], encoding=dataset.encoding,
+                              heights=[r["height"] for r in rows],
+                              widths=[r["width"] for r in rows])
     y = np.array([r["label"] for r in rows], np.float32)
-    weights = class_weights(manifest["splits"][split]["labels"], "balanced")
+    weights = class_weights(dataset.label_counts(split), "balanced")
     return x, y, np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
 
 
-def _keras_baselines(data_root: str, size: int, model: str, epochs: int,
+def _keras_baselines(dataset: Any, size: int, model: str, epochs: int,
                      global_batches: tuple[int, ...]) -> dict[int, dict[str, Any]]:
-    x, y, w = decoded_split(data_root, "train", size)
+    x, y, w = decoded_split(dataset, "train", size)
     # threads only on the first call: TensorFlow's pools are fixed once it has started.
     return {b: keras_fit_rate(x, y, w, model=model, size=size, global_batch=b, epochs=epochs,
                               threads=2 if i == 0 else None)
             for i, b in enumerate(global_batches)}
 
 
-def keras_baselines(data_root: str, size: int, *, epochs: int, global_batches: tuple[int, ...],
+def keras_baselines(dataset: Any, size: int, *, epochs: int, global_batches: tuple[int, ...],
                     model: str = MODEL, log: Log = say) -> dict[int, dict[str, Any]]:
     """:func:`keras_fit_rate` per global batch in one fresh 2-CPU Ray actor (the 2 cores
     the training workers share)."""
-    out = call_in_actor(_keras_baselines, data_root, size, model, epochs, global_batches,
+    out = call_in_actor(_keras_baselines, dataset, size, model, epochs, global_batches,
                         num_cpus=2)
     for b, r in out.items():
         log(f"  plain keras, batch {b}: {[round(e['images_per_s']) for e in r['epochs']]} "
@@ -199,11 +207,11 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
     for size in opts.sizes:
         roots = {}
         for encoding in sorted({v.layout for v in variants}):
-            roots[encoding], manifest = synthetic_dataset(
+            roots[encoding] = synthetic_dataset(
                 opts.out / "data", size, patients=patients, per_patient=per_patient,
                 encoding=encoding, log=log)
         root = roots["png"]
-        log(f"training {MODEL} {size}x{size}: {manifest['splits']['train']['rows']} train "
+        log(f"training {MODEL} {size}x{size}: {root.rows('train')} train "
             f"patches, {epochs} epochs")
         start_ray(num_cpus=4, object_store_mb=1024)
         try:
@@ -212,7 +220,7 @@ def run(opts: BenchOptions, log: Log = say) -> dict[str, Any]:
                 # within minutes, so only adjacent runs make a ratio.
                 base = keras_baselines(root, size, epochs=epochs, log=log,
                                        global_batches=(GLOBAL_BATCH,))[GLOBAL_BATCH]
-                ours = patchray_training(roots[v.layout], manifest, size, epochs=epochs,
+                ours = patchray_training(roots[v.layout], size, epochs=epochs,
                                          augment=v.augment, batch_size=GLOBAL_BATCH // v.workers,
                                          workers=v.workers, threads=v.threads,
                                          storage_root=opts.out / "train-runs", log=log)

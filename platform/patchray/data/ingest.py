@@ -30,20 +30,28 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from patchray import storage
+from patchray.data.manifest import MANIFEST, Manifest, parse_manifest
 from patchray.data.records import (
-    ALL_SPLITS, PATCH_SCHEMA, SCHEMA_VERSION, SPLITS, UNLABELLED, check_encoding, encode_pixels,
+    ALL_SPLITS,
+    PATCH_SCHEMA,
+    ROW_GROUP_ROWS,
+    SCHEMA_VERSION,
+    SPLITS,
+    UNLABELLED,
+    check_encoding,
+    encode_pixels,
+    label_key,
     pixel_sha256,
 )
 from patchray.data.report import REPORT_JSON, IngestReport
-from patchray.data.sources import Candidate, PatchSource
+from patchray.data.sources import Candidate, PatchSource, SyntheticSource
 from patchray.data.splits import (
-    assign_patient_splits, check_patient_disjoint, check_split_map, count_patients,
+    assign_patient_splits,
+    check_patient_disjoint,
+    check_split_map,
+    count_patients,
 )
 from patchray.errors import ConfigError, DataError
-
-MANIFEST = "manifest.json"
-ROW_GROUP_ROWS = 512  # ~1-2 MB of 50x50 PNGs: small enough to stream, large enough to scan
-DEFAULT_CLASS_NAMES = {"0": "benign", "1": "tumour"}
 
 
 def patch_record(
@@ -76,20 +84,6 @@ def encoded_record(
         "source": source,
         "sha256": sha256,
     }
-
-
-def synthetic_records(
-    patches: Iterable[Any], *, source: str = "synthetic", encoding: str = "png"
-) -> Iterable[dict]:
-    """Turn :class:`patchray.data.synthetic.SyntheticPatch` objects into patch records."""
-    for p in patches:
-        yield patch_record(p.pixels, label=p.label, patient_id=p.patient_id,
-                           slide_id=p.patient_id, x=p.x, y=p.y, source=source, encoding=encoding)
-
-
-def label_key(label: int | None) -> str:
-    """The manifest's key for a label: "0", "1", or "null" for unlabelled patches."""
-    return "null" if label is None else str(int(label))
 
 
 # --------------------------------------------------------------------------- writing
@@ -166,58 +160,15 @@ def remove_stale_parts(root: str, keep: Iterable[str]) -> list[str]:
 
 def finish_dataset(
     root: str, splits: Mapping[str, dict[str, Any]], manifest: dict[str, Any], *, encoding: str
-) -> dict[str, Any]:
+) -> Manifest:
     """Check patients are disjoint, drop stale files, and write the manifest last."""
     check_patient_disjoint({s: set(v["patients"]) for s, v in splits.items()})
+    doc = {"schema_version": SCHEMA_VERSION, "encoding": encoding, "splits": dict(splits),
+           **manifest}
+    typed = parse_manifest(doc, where=storage.join(root, MANIFEST))  # what readers will see
     remove_stale_parts(root, [f for v in splits.values() for f in v["files"]])
-    manifest = {"schema_version": SCHEMA_VERSION, "encoding": encoding, "splits": dict(splits),
-                **manifest}
-    storage.write_json(storage.join(root, MANIFEST), manifest)
-    return manifest
-
-
-def write_split_dataset(
-    records: Iterable[dict],
-    root: str,
-    *,
-    train: float = 0.6,
-    val: float = 0.2,
-    seed: int = 0,
-    rows_per_file: int = 2000,
-    extra_manifest: Mapping[str, Any] | None = None,
-    encoding: str = "png",
-) -> dict[str, Any]:
-    """Split ``records`` (whose images are in ``encoding``) by patient and write them under
-    ``root``; return the manifest.
-
-    Records are held in memory; sources too large for that stream through
-    :func:`ingest_source` (``patchray ingest``) instead.
-    """
-    rows = list(records)
-    if not rows:
-        raise DataError(f"no patch records to write to {root}")
-    if check_encoding(encoding) == "raw":
-        for r in rows:
-            if len(r["image"]) != r["height"] * r["width"] * 3:
-                raise DataError(f"{r['source']}: image is not raw {r['height']}x{r['width']}x3 "
-                                "bytes; build the records with the same encoding")
-    split_of = assign_patient_splits(
-        count_patients((r["patient_id"], r["label"]) for r in rows), train=train, val=val, seed=seed
-    )
-    rows.sort(key=lambda r: (SPLITS.index(split_of[r["patient_id"]]), r["patient_id"],
-                             r["y"], r["x"], r["sha256"]))
-    begin_dataset(root)
-    digest = hashlib.sha256()
-    writers = {s: SplitWriter(root, s, rows_per_file, digest) for s in SPLITS}
-    for r in rows:
-        writers[split_of[r["patient_id"]]].add(r)
-    splits = {s: w.finish() for s, w in writers.items()}
-    return finish_dataset(root, splits, {
-        "split_rule": {"by": "patient", "train": train, "val": val, "seed": seed},
-        "content_sha256": digest.hexdigest(),
-        "class_names": DEFAULT_CLASS_NAMES,
-        **(extra_manifest or {}),
-    }, encoding=encoding)
+    storage.write_json(storage.join(root, MANIFEST), typed.to_json())
+    return typed
 
 
 # --------------------------------------------------------------------------- ingest
@@ -273,7 +224,7 @@ def prepared_patches(
 
 @dataclass(frozen=True)
 class IngestResult:
-    manifest: dict[str, Any]
+    manifest: Manifest
     report: IngestReport
 
 
@@ -404,15 +355,12 @@ def ingest_source(
     return IngestResult(manifest, report)
 
 
-def read_manifest(root: str) -> dict[str, Any]:
-    uri = storage.join(root, MANIFEST)
-    if not storage.exists(uri):
-        raise DataError(f"{uri} not found: {root} is not a patchray dataset (run ingest first)")
-    manifest = storage.read_json(uri)
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(
-            f"{uri}: schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}"
-        )
-    manifest.setdefault("encoding", "png")  # written before raw existed: always PNG
-    check_encoding(manifest["encoding"], where=f"{uri}: encoding")
-    return manifest
+def ingest_synthetic(data: Any, root: str, *, workers: int = 1) -> Manifest:
+    """Generate the synthetic patches ``data.synthetic`` describes and ingest them to ``root``
+    with ``data``'s split, file size and encoding (``data``: a DataConfig)."""
+    syn = data.synthetic
+    source = SyntheticSource(syn.num_patients, syn.patches_per_patient, size=syn.patch_size,
+                             positive_fraction=syn.positive_fraction, seed=syn.seed)
+    return ingest_source(source, root, train=data.split.train, val=data.split.val,
+                         seed=data.split.seed, rows_per_file=data.rows_per_file,
+                         encoding=data.encoding, workers=workers).manifest

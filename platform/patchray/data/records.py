@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")  # the labelled splits training and evaluation read
 UNLABELLED = "unlabelled"  # label-free patches, kept apart for semi-supervised training
 ALL_SPLITS = (*SPLITS, UNLABELLED)
+ROW_GROUP_ROWS = 512  # ~1-2 MB of 50x50 PNGs: small enough to stream, large enough to scan
 
 PATCH_SCHEMA = pa.schema(
     [
@@ -85,18 +86,43 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
-    """Decode PNG or JPEG bytes to an HxWx3 uint8 array; grey and RGBA are converted to RGB."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_image(data: bytes, *, source: str | None = None) -> np.ndarray:
+    """Decode PNG or JPEG bytes to HxWx3 uint8 RGB: the one decoder policy of patchray, for
+    ingest and serving alike.
+
+    Palette and RGBA images are accepted only when fully opaque (the conversion is then
+    lossless); grey, CMYK, transparent and 16-bit images are refused: an H&E classifier fed
+    a grey patch would score a stain it never saw, so it is better to say so than to guess.
+    ``source`` (a file name, "request body") prefixes the error message when given.
+    """
+    where = f"{source}: " if source else ""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.mode not in ("RGB", "L", "RGBA", "P", "LA"):
-                raise DataError(f"{source}: unsupported image mode {img.mode!r}; expected RGB")
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise DataError(f"{source}: not a readable PNG/JPEG image ({e})") from e
+        return _decode_rgb(data)
+    except DataError as e:
+        raise DataError(f"{where}{e}") from None
+    except Exception as e:  # PIL raises many types for truncated or foreign data
+        raise DataError(f"{where}not a readable PNG/JPEG image ({e})") from e
+
+
+def _decode_rgb(data: bytes) -> np.ndarray:
+    # Pillow silently reduces a 16-bit-per-channel PNG to 8 bits; the IHDR says it was one.
+    if data[:8] == PNG_SIGNATURE and len(data) > 24 and data[24] == 16:
+        raise DataError("expected 8 bits per channel, got a 16-bit PNG (convert it to 8-bit RGB)")
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format not in ("PNG", "JPEG"):
+            raise DataError(f"expected a PNG or JPEG image, got {img.format}")
+        img.load()
+        if img.mode == "RGB":
+            return np.asarray(img, dtype=np.uint8)
+        if img.mode not in ("RGBA", "P", "PA"):
+            raise DataError(f"expected RGB, got mode {img.mode}")
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
+        if rgba[..., 3].min() < 255:
+            raise DataError(f"expected RGB, got mode {img.mode} with transparent pixels")
+        return np.ascontiguousarray(rgba[..., :3])
 
 
 def pixel_sha256(pixels: np.ndarray) -> str:
@@ -105,3 +131,8 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     h.update(str(pixels.shape).encode())
     h.update(np.ascontiguousarray(pixels).tobytes())
     return h.hexdigest()
+
+
+def label_key(label: int | None) -> str:
+    """The manifest's key for a label: "0", "1", or "null" for unlabelled patches."""
+    return "null" if label is None else str(int(label))

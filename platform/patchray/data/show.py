@@ -12,15 +12,14 @@ import io
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from patchray import storage
-from patchray.data.ingest import label_key, read_manifest
-from patchray.data.records import ALL_SPLITS, decode_record_image
-from patchray.data.validate import check_dataset, manifest_files, open_parquet
+from patchray.data.manifest import Manifest, PatchDataset, SplitInfo
+from patchray.data.records import ALL_SPLITS, decode_record_image, label_key
+from patchray.data.validate import check_dataset, open_parquet
 
 SHEET_NAME = "contact_sheet.png"
 SHEET_COLUMNS = 12
@@ -34,49 +33,49 @@ class ShowResult:
     sheet_uri: str
 
 
-def label_columns(splits: Mapping[str, Any]) -> list[str]:
-    keys = {k for info in splits.values() for k in info.get("labels", {})}
+def label_columns(splits: Mapping[str, SplitInfo]) -> list[str]:
+    keys = {k for info in splits.values() for k in info.labels}
     return sorted(keys, key=lambda k: (k == "null", k))
 
 
-def format_summary(root: str, manifest: dict[str, Any], *, all_patients: bool = False) -> str:
+def format_summary(root: str, manifest: Manifest, *, all_patients: bool = False) -> str:
     """The manifest's counts per split, label and patient as a small table."""
-    splits = {s: manifest["splits"][s] for s in ALL_SPLITS if s in manifest["splits"]}
+    splits = {s: manifest.splits[s] for s in ALL_SPLITS if s in manifest.splits}
     labels = label_columns(splits)
-    names = {**manifest.get("class_names", {}), "null": "unlabelled"}
-    rule = manifest.get("split_rule", {}).get("by", "?")
+    names = {**manifest.class_names, "null": "unlabelled"}
+    rule = manifest.split_rule.get("by", "?")
     lines = [
-        f"dataset {root} ({manifest.get('dataset', 'patches')}, "
-        f"schema {manifest['schema_version']}, encoding: {manifest.get('encoding', 'png')}, "
-        f"split by {rule}, content sha256 {manifest.get('content_sha256', '?')[:12]})",
+        f"dataset {root} ({manifest.dataset}, "
+        f"schema {manifest.schema_version}, encoding: {manifest.encoding}, "
+        f"split by {rule}, content sha256 {(manifest.content_sha256 or '?')[:12]})",
         f"{'split':<11}{'rows':>8}{'patients':>10}"
         + "".join(f"{'label ' + k:>12}" for k in labels),
     ]
     total: dict[str, int] = defaultdict(int)
     for split, info in splits.items():
-        row = [info["rows"], len(info["patients"])] + [info["labels"].get(k, 0) for k in labels]
+        row = [info.rows, len(info.patients)] + [info.labels.get(k, 0) for k in labels]
         lines.append(f"{split:<11}{row[0]:>8}{row[1]:>10}" + "".join(f"{v:>12}" for v in row[2:]))
         for k in labels:
-            total[k] += info["labels"].get(k, 0)
-    patients = {p for info in splits.values() for p in info["patients"]}
-    lines.append(f"{'all':<11}{sum(i['rows'] for i in splits.values()):>8}{len(patients):>10}"
+            total[k] += info.labels.get(k, 0)
+    patients = {p for info in splits.values() for p in info.patients}
+    lines.append(f"{'all':<11}{sum(i.rows for i in splits.values()):>8}{len(patients):>10}"
                  + "".join(f"{total[k]:>12}" for k in labels))
     lines.append("classes: " + ", ".join(f"{k} = {names.get(k, '?')}" for k in labels))
-    if "counts" in manifest:
-        c = manifest["counts"]
+    if manifest.counts is not None:
+        c = manifest.counts
         lines.append(
-            f"ingest: seen {c['seen']}, written {c['written']}, rejected {c['rejected']}, "
-            f"ignored {c['ignored']} (report: {storage.join(root, manifest.get('report', ''))})"
+            f"ingest: seen {c.seen}, written {c.written}, rejected {c.rejected}, "
+            f"ignored {c.ignored} (report: {storage.join(root, manifest.report or '')})"
         )
-        nominal = manifest.get("nominal_size")
+        nominal = manifest.nominal_size
         lines.append(
-            f"undersized patches: {manifest.get('undersized_patches', 0)}"
+            f"undersized patches: {manifest.undersized_patches}"
             + (f" (smaller than {nominal[0]}x{nominal[1]})" if nominal else "")
-            + "; sizes (HxW): " + ", ".join(f"{k}: {v}" for k, v in manifest["patch_sizes"].items())
+            + "; sizes (HxW): " + ", ".join(f"{k}: {v}" for k, v in manifest.patch_sizes.items())
         )
     lines.append("patients per split (patches):")
     for split, info in splits.items():
-        items = list(info["patients"].items())
+        items = list(info.patients.items())
         shown = items if all_patients else items[:PATIENTS_SHOWN]
         hidden = len(items) - len(shown)
         more = f" ... +{hidden} more (--all-patients)" if hidden else ""
@@ -87,12 +86,13 @@ def format_summary(root: str, manifest: dict[str, Any], *, all_patients: bool = 
 SAMPLE_COLUMNS = ["image", "label", "patient_id", "height", "width", "source"]
 
 
-def sample_rows(root: str, manifest: dict[str, Any], per_class: int) -> dict[str, list[dict]]:
+def sample_rows(dataset: PatchDataset, per_class: int) -> dict[str, list[dict]]:
     """Up to ``per_class`` rows per label, evenly spaced over the whole dataset.
 
     Only the label column of every file and the row groups holding the chosen rows are
     read, so this stays cheap on datasets far larger than memory."""
-    files = [name for _, name in manifest_files(manifest)]
+    root = dataset.root
+    files = [name for _, name in dataset.files()]
     where: dict[str, list[tuple[int, int]]] = defaultdict(list)  # label -> (file, row)
     for f, name in enumerate(files):
         labels = open_parquet(root, name).read(columns=["label"]).column("label").to_pylist()
@@ -156,19 +156,19 @@ def render_contact_sheet(
 
 def show_dataset(root: str, *, out: str | None = None, all_patients: bool = False) -> ShowResult:
     """Summarise the dataset at ``root`` and write its contact sheet (default: beside it)."""
-    manifest = read_manifest(root)
-    check_dataset(root, manifest)
+    dataset = PatchDataset.open(root)
+    manifest = dataset.manifest
+    check_dataset(dataset)
     per_class = SHEET_ROWS * SHEET_COLUMNS
-    samples = sample_rows(root, manifest, per_class)
+    samples = sample_rows(dataset, per_class)
     counts: dict[str, int] = defaultdict(int)
-    for info in manifest["splits"].values():
-        for k, v in info["labels"].items():
+    for info in manifest.splits.values():
+        for k, v in info.labels.items():
             counts[k] += v
     sheet = render_contact_sheet(
-        samples, class_names=manifest.get("class_names", {}), counts=counts,
-        encoding=manifest["encoding"],
-        title=f"{root}  ({manifest.get('dataset', 'dataset')}, split by "
-              f"{manifest.get('split_rule', {}).get('by', '?')})",
+        samples, class_names=manifest.class_names, counts=counts,
+        encoding=manifest.encoding,
+        title=f"{root}  ({manifest.dataset}, split by {manifest.split_rule.get('by', '?')})",
     )
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")

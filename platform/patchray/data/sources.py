@@ -15,7 +15,6 @@ folders, no patient ids) raise :class:`~patchray.errors.DataError` before anythi
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,9 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
-from patchray.data.records import SPLITS
+from patchray.data.records import SPLITS, decode_image
 from patchray.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -82,37 +80,11 @@ class PatchSource(Protocol):
 # --------------------------------------------------------------------------- decoding
 
 
-def read_rgb(data: bytes, *, source: str) -> Pixels:
-    """Decode a PNG/JPEG to RGB, refusing images whose conversion would invent or lose data.
-
-    Palette and RGBA images are accepted only when fully opaque (the conversion is then
-    lossless); grey, CMYK and 16-bit images are refused: an H&E classifier fed a grey
-    patch would score a stain it never saw, so it is better to say so at ingest.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("PNG", "JPEG"):
-                raise DataError(f"expected a PNG or JPEG image, got {img.format}")
-            img.load()
-            if img.mode == "RGB":
-                return np.asarray(img, dtype=np.uint8)
-            if img.mode not in ("RGBA", "P", "PA"):
-                raise DataError(f"expected RGB, got mode {img.mode}")
-            rgba = np.asarray(img.convert("RGBA"), dtype=np.uint8)
-            if rgba[..., 3].min() < 255:
-                raise DataError(f"expected RGB, got mode {img.mode} with transparent pixels")
-            return np.ascontiguousarray(rgba[..., :3])
-    except DataError:
-        raise
-    except Exception as e:  # PIL raises many types for truncated or foreign data
-        raise DataError(f"not a readable PNG/JPEG image ({e})") from e
-
-
 def read_files(candidates: Iterable[Candidate]) -> Iterator[Loaded]:
     """Decode one image file per candidate; a bad file becomes a reason, never an exception."""
     for cand in candidates:
         try:
-            yield cand, read_rgb(cand.path.read_bytes(), source=cand.source), None
+            yield cand, decode_image(cand.path.read_bytes()), None
         except (DataError, OSError) as e:
             yield cand, None, str(e)
 
@@ -378,7 +350,7 @@ class PcamSource:
             raise DataError(
                 f"{self.root}: no camelyonpatch_level_2_split_<train|valid|test>_<x|y>.h5 files"
             )
-        for split, files in found.items():
+        for files in found.values():
             for xy in ("x", "y"):
                 if xy not in files:
                     other = next(iter(files.values()))
@@ -458,6 +430,61 @@ def check_pcam_arrays(x_path: Path, x: Any, y_path: Path, y: Any) -> int:
             f"to match {x_path.name}"
         )
     return int(x.shape[0])
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+@dataclass
+class SyntheticSource:
+    """Generated H&E-like patches (:mod:`patchray.data.synthetic`), ingested like any source.
+
+    The demo and the tests write their data through the same path as real sources (split by
+    patient, checks, report, manifest). Labels come from the patients' layouts without
+    drawing pixels; each patch is drawn from its own seed, so the ingest workers can draw
+    them in parallel and the bytes do not depend on how many there are.
+    """
+
+    num_patients: int
+    patches_per_patient: int
+    size: int = 50
+    positive_fraction: float = 0.3
+    seed: int = 0
+    root: Path = Path("<synthetic>")
+    kind: str = "synthetic"
+    class_names: dict[str, str] = field(default_factory=lambda: {"0": "benign", "1": "tumour"})
+    official_splits: bool = False
+
+    @property
+    def nominal_size(self) -> tuple[int, int]:
+        return self.size, self.size
+
+    def scan(self) -> ScanResult:
+        from patchray.data.synthetic import patient_layout, patient_name
+
+        result = ScanResult()
+        n = self.patches_per_patient
+        for p in range(self.num_patients):
+            labels, positions = patient_layout(p, self.seed, n, self.positive_fraction, self.size)
+            patient = patient_name(p)
+            for i, ((x, y), label) in enumerate(zip(positions, labels.tolist(), strict=True)):
+                result.candidates.append(Candidate(
+                    source=f"synthetic/{patient}/{i}", patient_id=patient, slide_id=patient,
+                    label=int(label), x=x, y=y, index=p * n + i,
+                ))
+        return result
+
+    def read_pixels(self, candidates: Iterable[Candidate]) -> Iterator[Loaded]:
+        from patchray.data.synthetic import patch_pixels
+
+        for cand in candidates:
+            p, i = divmod(cand.index, self.patches_per_patient)
+            yield cand, patch_pixels(self.seed, p, i, int(cand.label or 0), self.size), None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "num_patients": self.num_patients,
+                "patches_per_patient": self.patches_per_patient, "size": self.size,
+                "positive_fraction": self.positive_fraction, "seed": self.seed}
 
 
 # --------------------------------------------------------------------------- factory

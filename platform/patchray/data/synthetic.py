@@ -30,7 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StainStyle", "SyntheticPatch", "generate_patch", "generate_patches", "patient_stain"]
+__all__ = [
+    "StainStyle", "SyntheticPatch", "generate_patch", "generate_patches", "patch_pixels",
+    "patient_layout", "patient_name", "patient_stain",
+]
 
 # Domain-separation tags for SeedSequence: numpy pads short entropy with zeros, so
 # [seed, i] and [seed, i, 0] would otherwise give the same stream.
@@ -148,21 +151,38 @@ def generate_patches(
     if not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
 
-    cols = max(1, math.ceil(math.sqrt(patches_per_patient)))
     for p in range(num_patients):
-        stain = patient_stain(p, seed)
-        labels = _patient_labels(p, seed, patches_per_patient, cols, positive_fraction)
-        patient_id = f"synth-p{p:02d}"
+        labels, positions = patient_layout(p, seed, patches_per_patient, positive_fraction, size)
         for i in range(patches_per_patient):
-            rng = np.random.default_rng([seed, _STREAM_PATCH, p, i])
             label = int(labels[i])
             yield SyntheticPatch(
-                pixels=generate_patch(rng, label, stain, size),
+                pixels=patch_pixels(seed, p, i, label, size),
                 label=label,
-                patient_id=patient_id,
-                x=(i % cols) * size,
-                y=(i // cols) * size,
+                patient_id=patient_name(p),
+                x=positions[i][0],
+                y=positions[i][1],
             )
+
+
+def patient_name(patient_index: int) -> str:
+    return f"synth-p{patient_index:02d}"
+
+
+def patient_layout(
+    patient_index: int, seed: int, n: int, positive_fraction: float, size: int
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """One patient's labels and (x, y) grid positions, without drawing any pixels (what the
+    first pass of an ingest needs to split patients)."""
+    cols = max(1, math.ceil(math.sqrt(n)))
+    labels = _patient_labels(patient_index, seed, n, cols, positive_fraction)
+    return labels, [((i % cols) * size, (i // cols) * size) for i in range(n)]
+
+
+def patch_pixels(seed: int, patient_index: int, patch_index: int, label: int,
+                 size: int) -> np.ndarray:
+    """The pixels of one patch, from its own generator: the same in any order or process."""
+    rng = np.random.default_rng([seed, _STREAM_PATCH, patient_index, patch_index])
+    return generate_patch(rng, label, patient_stain(patient_index, seed), size)
 
 
 # --------------------------------------------------------------------------- layout

@@ -27,15 +27,15 @@ HUE_MAX = 0.04
 CONTRAST_RANGE = (0.5, 1.0)
 
 
-def fit_to_size(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Pad (bottom/right, white) or resize an HxWx3 uint8 patch to ``size`` x ``size``."""
+def fit_to_size(pixels: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> np.ndarray:
+    """Pad (bottom/right, with ``pad_value``) or resize an HxWx3 uint8 patch to ``size``."""
     h, w = pixels.shape[:2]
     if h == size and w == size:
         return pixels
     if h > size or w > size:  # shrink only the sides that are too long
         h, w = min(h, size), min(w, size)
         pixels = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BILINEAR))
-    out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     out[:h, :w] = pixels
     return out
 
@@ -47,6 +47,7 @@ def decode_patches(
     encoding: str = "png",
     heights: Sequence[int] | None = None,
     widths: Sequence[int] | None = None,
+    pad_value: int = PAD_VALUE,
 ) -> np.ndarray:
     """Decode patch bytes into a uint8 ``(N, size, size, 3)`` batch.
 
@@ -56,10 +57,10 @@ def decode_patches(
     a batch of full-size patches is one ``np.frombuffer`` over the joined bytes.
     """
     if check_encoding(encoding) == "raw":
-        return _raw_to_patches(images, size, heights, widths)
+        return _raw_to_patches(images, size, heights, widths, pad_value)
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i, data in enumerate(images):
-        out[i] = fit_to_size(decode_image(data, source=f"batch item {i}"), size)
+        out[i] = fit_to_size(decode_image(data, source=f"batch item {i}"), size, pad_value)
     return out
 
 
@@ -71,7 +72,7 @@ def decode_rows(rows: Sequence[dict], size: int, encoding: str) -> np.ndarray:
 
 def _raw_to_patches(
     images: Sequence[bytes], size: int, heights: Sequence[int] | None,
-    widths: Sequence[int] | None,
+    widths: Sequence[int] | None, pad_value: int,
 ) -> np.ndarray:
     n = len(images)
     if (heights is None) != (widths is None):
@@ -92,13 +93,15 @@ def _raw_to_patches(
         return np.frombuffer(b"".join(images), dtype=np.uint8).reshape(n, size, size, 3).copy()
     out = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, data in enumerate(images):
-        out[i] = fit_to_size(decode_record_image(data, "raw", int(hs[i]), int(ws[i])), size)
+        out[i] = fit_to_size(decode_record_image(data, "raw", int(hs[i]), int(ws[i])), size,
+                             pad_value)
     return out
 
 
-def normalise(batch: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [0, 1]; the only normalisation the models expect."""
-    return batch.astype(np.float32) * np.float32(1.0 / 255.0)
+def normalise(batch: np.ndarray, scale: float = 1.0 / 255.0) -> np.ndarray:
+    """uint8 -> float32 ``pixels * scale`` (in [0, 1] by default). Models get it through
+    :class:`patchray.inference.preprocess.Preprocess`, which records the scale."""
+    return batch.astype(np.float32) * np.float32(scale)
 
 
 @dataclass(frozen=True)
@@ -220,16 +223,18 @@ def prepare_training_batch(
     weights: dict[int, float],
     seed: int | None = None,
     encoding: str = "png",
+    pad_value: int = PAD_VALUE,
 ) -> dict[str, np.ndarray]:
     """One Ray Data batch of records -> uint8 patches ``x``, targets ``y``, weights ``w``.
 
-    ``x`` stays uint8 (the worker applies :func:`normalise`): float32 would be 4x the bytes
+    ``x`` stays uint8 (the worker applies the model's Preprocess): float32 would be 4x the bytes
     in Ray's object store and in every in-flight block, which is what bounds memory when a
     dataset is many times larger than the store. ``encoding="raw"`` (see
     :func:`decode_patches`) also needs the ``height`` and ``width`` columns in ``batch``
     unless every patch is ``size`` x ``size``."""
     x = decode_patches(list(batch["image"]), size, encoding=encoding,
-                       heights=batch.get("height"), widths=batch.get("width"))
+                       heights=batch.get("height"), widths=batch.get("width"),
+                       pad_value=pad_value)
     if augment_patches:
         x = to_pixels(augment(x, np.random.default_rng(seed)))
     y = np.asarray(batch["label"], dtype=np.float32)

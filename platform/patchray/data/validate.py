@@ -21,8 +21,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from patchray import storage
-from patchray.data.ingest import ROW_GROUP_ROWS, label_key, read_manifest
-from patchray.data.records import ALL_SPLITS, PATCH_SCHEMA
+from patchray.data.manifest import PatchDataset
+from patchray.data.records import ALL_SPLITS, PATCH_SCHEMA, ROW_GROUP_ROWS, label_key
 from patchray.data.splits import check_patient_disjoint
 from patchray.errors import DataError
 
@@ -39,20 +39,12 @@ def open_parquet(root: str, name: str) -> pq.ParquetFile:
         raise DataError(f"{uri}: not a readable Parquet file ({e})") from e
 
 
-def manifest_files(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(split, file) for every file the manifest lists, in split order."""
-    for split in ALL_SPLITS:
-        for name in manifest["splits"].get(split, {}).get("files", []):
-            yield split, name
-
-
-def check_dataset(root: str, manifest: dict[str, Any] | None = None) -> dict[str, int]:
+def check_dataset(dataset: PatchDataset) -> dict[str, int]:
     """Cheap consistency checks; return the Parquet footers' row count per split."""
-    manifest = manifest or read_manifest(root)
-    splits = manifest["splits"]
-    check_patient_disjoint({s: set(v.get("patients", {})) for s, v in splits.items()})
+    root, splits = dataset.root, dataset.manifest.splits
+    check_patient_disjoint({s: set(v.patients) for s, v in splits.items()})
     rows: Counter[str] = Counter({s: 0 for s in splits})
-    for split, name in manifest_files(manifest):
+    for split, name in dataset.files():
         pf = open_parquet(root, name)
         if not pf.schema_arrow.equals(PATCH_SCHEMA):
             raise DataError(
@@ -60,12 +52,12 @@ def check_dataset(root: str, manifest: dict[str, Any] | None = None) -> dict[str
             )
         rows[split] += pf.metadata.num_rows
     for split, info in splits.items():
-        if rows[split] != info["rows"]:
+        if rows[split] != info.rows:
             raise DataError(
                 f"{storage.join(root, split)}: Parquet files hold {rows[split]} rows, the "
-                f"manifest says {info['rows']}"
+                f"manifest says {info.rows}"
             )
-    listed = {name for _, name in manifest_files(manifest)}
+    listed = {name for _, name in dataset.files()}
     stray = sorted(set(part_files(root)) - listed)
     if stray:
         raise DataError(
@@ -112,30 +104,32 @@ def check_raw_lengths(uri: str, batch: Any) -> None:
 
 def validate_dataset(root: str) -> dict[str, Any]:
     """Full check: every page's CRC, and counts and content hash recomputed from the rows."""
-    manifest = read_manifest(root)
-    check_dataset(root, manifest)
+    dataset = PatchDataset.open(root)
+    manifest = dataset.manifest
+    check_dataset(dataset)
     digest = hashlib.sha256()
     recount: dict[str, dict[str, Counter[str]]] = {}
-    for split, name in manifest_files(manifest):
+    for split, name in dataset.files():
         counts = recount.setdefault(split, {"labels": Counter(), "patients": Counter()})
         for batch in read_verified(root, name, VALIDATE_COLUMNS):
-            if manifest["encoding"] == "raw":
+            if manifest.encoding == "raw":
                 check_raw_lengths(storage.join(root, name), batch)
             counts["labels"].update(label_key(v) for v in batch.column("label").to_pylist())
             counts["patients"].update(batch.column("patient_id").to_pylist())
             for sha in batch.column("sha256").to_pylist():
                 digest.update(sha.encode())
-    for split, info in manifest["splits"].items():
+    for split, info in manifest.splits.items():
         got = recount.get(split, {"labels": Counter(), "patients": Counter()})
         for key in ("labels", "patients"):
-            if dict(got[key]) != {k: v for k, v in info[key].items() if v}:
+            listed = getattr(info, key)
+            if dict(got[key]) != {k: v for k, v in listed.items() if v}:
                 raise DataError(f"{root}: {split} {key} in the rows {dict(got[key])} differ from "
-                                f"the manifest's {info[key]}")
-    if digest.hexdigest() != manifest.get("content_sha256"):
+                                f"the manifest's {listed}")
+    if digest.hexdigest() != manifest.content_sha256:
         raise DataError(f"{root}: content hash of the rows {digest.hexdigest()} differs from the "
-                        f"manifest's {manifest.get('content_sha256')}")
+                        f"manifest's {manifest.content_sha256}")
     return {
-        "files": sum(1 for _ in manifest_files(manifest)),
-        "rows": sum(v["rows"] for v in manifest["splits"].values()),
+        "files": len(dataset.files()),
+        "rows": sum(v.rows for v in manifest.splits.values()),
         "content_sha256": digest.hexdigest(),
     }

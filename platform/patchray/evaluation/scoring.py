@@ -1,27 +1,30 @@
-"""Score a dataset split with an exported OpenVINO model, in parallel with Ray Data.
+"""Score a dataset split with an OpenVINO model, in parallel with Ray Data.
 
-Evaluation uses the artifact that will be served, not the Keras model: the metrics and the
+Evaluation uses the IR that will be served, not the Keras model: the metrics and the
 threshold then describe exactly what the hospital integration calls.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from patchray.data.ingest import read_manifest
+from patchray.data.manifest import PatchDataset
 from patchray.data.pipeline import raise_explained, read_split
-from patchray.serving.predictor import PatchPredictor
+from patchray.inference.predictor import BatchScorer
+from patchray.inference.preprocess import Preprocess
 
 
 def score_split(
-    model_dir: str, data_root: str, split: str, *, concurrency: int = 1, batch_size: int = 256,
-    val_holdout: float = 0.0,
+    model_xml: str | Path, preprocess: Preprocess, dataset: PatchDataset, split: str, *,
+    concurrency: int = 1, batch_size: int = 256, val_holdout: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(labels, probabilities)`` for every labelled patch of ``split``."""
-    ds = read_split(data_root, split, val_holdout=val_holdout).map_batches(
-        PatchPredictor,
-        fn_constructor_args=(model_dir,),
-        fn_constructor_kwargs={"encoding": read_manifest(data_root)["encoding"]},
+    ds = read_split(dataset, split, val_holdout=val_holdout).map_batches(
+        BatchScorer,
+        fn_constructor_args=(str(model_xml), preprocess.model_dump(mode="json"),
+                             dataset.encoding),
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,
@@ -33,7 +36,7 @@ def score_split(
             labels.append(batch["label"])
             probs.append(batch["probability"])
     except Exception as e:
-        raise_explained(e, data_root)
+        raise_explained(e, dataset.root)
     y = np.concatenate(labels).astype(np.float64)
     p = np.concatenate(probs).astype(np.float64)
     keep = ~np.isnan(y)  # unlabelled patches carry no ground truth to score against

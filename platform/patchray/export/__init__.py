@@ -1,1 +1,2 @@
-"""Model artifacts: OpenVINO IR export and the metadata that travels with it."""
+"""Model artifacts: OpenVINO IR export behind the Keras parity gate, and the metadata that
+travels with the model (written once, after evaluation)."""

@@ -1,9 +1,10 @@
 """The exported model artifact and its metadata (no TensorFlow, no OpenVINO imports).
 
 An artifact is a folder ``<name>/<version>/`` holding ``model.xml``/``model.bin`` (OpenVINO
-IR, FP32) and ``metadata.json``: the model's input contract, decision threshold and
-metrics. Serving reads everything it needs from here, never from code; ``metadata.json`` is
-written last, so its presence marks a complete artifact.
+IR, FP32) and ``metadata.json``: the model's input contract, class names, decision
+threshold and metrics. Serving reads everything it needs from here, never from code.
+``metadata.json`` is written once, last, after evaluation chose the threshold, so its
+presence marks a complete artifact.
 """
 
 from __future__ import annotations
@@ -15,22 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchray.errors import ArtifactError
+from patchray.inference.preprocess import Preprocess
 
 METADATA_FILE = "metadata.json"
 IR_FILES = {"fp32": "model.xml", "int8": "model-int8.xml"}
-
-
-class InputContract(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    size: int = Field(ge=1, description="Patch side in pixels the model takes")
-    channels: Literal["RGB"] = "RGB"
-    layout: Literal["NHWC"] = "NHWC"
-    dtype: Literal["float32"] = "float32"
-    scale: float = Field(1.0 / 255.0, description="pixels (uint8) * scale = model input")
-    pad_value: int = Field(255, description="smaller patches are padded bottom/right with this")
-    microns_per_pixel: float | None = Field(
-        None, description="Resolution the model was trained at (IDC: ~4 at 40x downsampled)"
-    )
 
 
 class ModelMetadata(BaseModel):
@@ -42,7 +31,7 @@ class ModelMetadata(BaseModel):
     model_args: dict[str, Any] = {}
     dataset: str
     created: str
-    input: InputContract
+    input: Preprocess  # the executable input contract (patchray.inference.preprocess)
     class_names: tuple[str, str] = ("benign", "tumour")
     threshold: float = Field(ge=0.0, le=1.0)
     threshold_rule: dict[str, Any]

@@ -1,34 +1,46 @@
-"""Convert a training checkpoint to OpenVINO IR and check it against Keras.
+"""Convert a training checkpoint to OpenVINO IR, behind a parity gate against Keras.
 
 This is the one place where TensorFlow and OpenVINO meet. The model is rebuilt from the
 registry with the checkpoint's recorded architecture, its weights restored, saved as a
-TensorFlow SavedModel and converted; a parity check on real patches guards the conversion.
+TensorFlow SavedModel and converted. The gate: on real patches of the validation split,
+decoded by the checkpoint's own input contract, the IR's probabilities must equal Keras's
+within ``parity_atol``, or nothing is shipped (:class:`~patchray.errors.ParityError`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from patchray.data.manifest import PatchDataset
+from patchray.errors import ParityError
 from patchray.export.artifact import IR_FILES
-from patchray.training.loop import CHECKPOINT_META
+from patchray.inference.preprocess import Preprocess
+from patchray.training.loop import CHECKPOINT_META, checkpoint_preprocess
+
+log = logging.getLogger(__name__)
+PARITY_SAMPLE = 64  # validation patches the gate compares on
 
 
 @dataclass(frozen=True)
 class ExportResult:
     model_xml: Path
     parity_max_abs_diff: float
+    parity_patches: int
     architecture: str
-    model_args: dict
-    input_size: int
+    model_args: dict[str, Any]
+    preprocess: Preprocess
+    epoch: int  # the checkpoint's epoch (0-based)
 
 
-def load_checkpoint_model(checkpoint_dir: str | Path):
+def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """Rebuild the Keras model a training checkpoint was written from, weights restored."""
     from patchray.models import create_model
     from patchray.models.keras_compat import load_tensorflow
@@ -43,32 +55,59 @@ def load_checkpoint_model(checkpoint_dir: str | Path):
 
 
 def export_openvino(
-    checkpoint_dir: str | Path, out_dir: str | Path, sample: np.ndarray
+    checkpoint_dir: str | Path, out_dir: str | Path, sample: np.ndarray, *,
+    parity_atol: float | None = None,
 ) -> ExportResult:
-    """Write ``out_dir/model.xml`` (FP32 IR); ``sample`` (float32 NHWC) is used for parity."""
+    """Write ``out_dir/model.xml`` (FP32 IR). ``sample``: uint8 patches fitted to the model's
+    size; with ``parity_atol`` a larger Keras/OpenVINO difference raises ParityError."""
     import openvino as ov
 
     from patchray.models.keras_compat import load_tensorflow
 
     tf = load_tensorflow()
     model, meta = load_checkpoint_model(checkpoint_dir)
+    preprocess = checkpoint_preprocess(meta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(model, tmp)
         ov_model = ov.convert_model(tmp)
-    ov_model.reshape([-1, meta["input_size"], meta["input_size"], 3])  # dynamic batch
+    ov_model.reshape([-1, preprocess.size, preprocess.size, 3])  # dynamic batch
     xml = out / IR_FILES["fp32"]
     ov.save_model(ov_model, xml, compress_to_fp16=False)
 
-    keras_out = np.asarray(model(sample, training=False)).reshape(-1)
+    x = preprocess.to_input(sample)
+    keras_out = np.asarray(model(x, training=False)).reshape(-1)
     # f32 hint: this CPU would otherwise run bf16 and the comparison would measure that.
     compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    ov_out = np.asarray(compiled(sample)[0]).reshape(-1)
+    ov_out = np.asarray(compiled(x)[0]).reshape(-1)
+    diff = float(np.max(np.abs(keras_out - ov_out)))
+    if parity_atol is not None and diff > parity_atol:
+        raise ParityError(
+            f"{xml}: OpenVINO output differs from Keras by {diff:.2e} on {len(x)} validation "
+            f"patches (> export.parity_atol={parity_atol}); refusing to ship it. Check the "
+            "model's layers convert exactly (patchray models), or raise export.parity_atol "
+            "if the difference is expected"
+        )
     return ExportResult(
-        model_xml=xml,
-        parity_max_abs_diff=float(np.max(np.abs(keras_out - ov_out))),
-        architecture=meta["model"],
-        model_args=meta["model_args"],
-        input_size=meta["input_size"],
+        model_xml=xml, parity_max_abs_diff=diff, parity_patches=len(x),
+        architecture=meta["model"], model_args=meta["model_args"], preprocess=preprocess,
+        epoch=meta["epoch"],
     )
+
+
+def export_checkpoint(
+    checkpoint_dir: str | Path, model_dir: str | Path, dataset: PatchDataset, *,
+    parity_atol: float, val_holdout: float = 0.0,
+) -> ExportResult:
+    """Export the checkpoint to ``model_dir`` and gate it on validation patches."""
+    meta = json.loads((Path(checkpoint_dir) / CHECKPOINT_META).read_text())
+    preprocess = checkpoint_preprocess(meta)
+    rows = dataset.sample_rows("val", PARITY_SAMPLE, val_holdout=val_holdout)
+    sample = preprocess.pixels([r["image"] for r in rows], encoding=dataset.encoding,
+                               heights=[r["height"] for r in rows],
+                               widths=[r["width"] for r in rows])
+    exported = export_openvino(checkpoint_dir, model_dir, sample, parity_atol=parity_atol)
+    log.info("exported OpenVINO IR to %s (max |Keras - OpenVINO| = %.1e on %d val patches)",
+             model_dir, exported.parity_max_abs_diff, exported.parity_patches)
+    return exported

@@ -1,1 +1,2 @@
-"""OpenVINO inference and the Ray Serve deployment (never imports TensorFlow)."""
+"""The Ray Serve deployment and its launcher (never imports TensorFlow); the predictor it
+serves with is :mod:`patchray.inference`."""

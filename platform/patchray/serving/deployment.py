@@ -22,10 +22,9 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import metrics
 
-from patchray.data.records import decode_image
-from patchray.data.transforms import fit_to_size, normalise
+from patchray.config import ServeAppArgs
 from patchray.errors import DataError
-from patchray.serving.predictor import PatchPredictor
+from patchray.inference.predictor import PatchPredictor
 
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 512x512 PNG patch is well under this
@@ -33,9 +32,12 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # a 512x512 PNG patch is well under this
 api = FastAPI(title="patchray patch classifier", version="1")
 
 
+DEFAULTS = ServeAppArgs()  # the one source of the deployment's settings
+
+
 def load_predictor(model_dir: str) -> PatchPredictor:
     """Default model loader; tests and benchmarks may pass their own."""
-    return PatchPredictor(model_dir)
+    return PatchPredictor.from_artifact(model_dir)
 
 
 def _metric(kind: Any, name: str, description: str, tags: dict[str, str],
@@ -56,8 +58,8 @@ class PatchClassifierService:
         self,
         model_dir: str,
         loader: Callable[[str], PatchPredictor] = load_predictor,
-        max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.01,
+        max_batch_size: int = DEFAULTS.max_batch_size,
+        batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s,
     ):
         self.predictor = loader(model_dir)
         self.meta = self.predictor.metadata
@@ -83,10 +85,12 @@ class PatchClassifierService:
             "Predicted tumour probabilities (watch for drift)", tags,
             boundaries=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    # Set per replica from ServeAppArgs in __init__; the decorator needs a starting value.
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size,
+                 batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s)
     async def _score_batch(self, patches: list[np.ndarray]) -> list[float]:
         start = time.perf_counter()
-        probs = self.predictor.predict_arrays(normalise(np.stack(patches)))
+        probs = self.predictor.predict_pixels(np.stack(patches))
         self.m_latency.observe((time.perf_counter() - start) * 1000.0)
         self.m_batch.observe(len(patches))
         return [float(p) for p in probs]
@@ -106,7 +110,7 @@ class PatchClassifierService:
             self.m_rejected.inc(tags={"reason": "size"})
             return _error(413 if body else 400, f"body must be 1..{MAX_BODY_BYTES} bytes of image")
         try:
-            pixels = fit_to_size(decode_image(body, source="request body"), self.predictor.size)
+            pixels = self.predictor.preprocess.decode(body, source="request body")
         except DataError as e:
             self.m_rejected.inc(tags={"reason": "decode"})
             return _error(400, str(e))
@@ -133,29 +137,25 @@ class PatchClassifierService:
 
     def check_health(self) -> None:
         # Serve's own probe: a replica whose model cannot score a blank patch is restarted.
-        blank = np.ones((1, self.predictor.size, self.predictor.size, 3), dtype=np.float32)
-        self.predictor.predict_arrays(blank)
+        blank = np.full((1, self.predictor.size, self.predictor.size, 3), 255, dtype=np.uint8)
+        self.predictor.predict_pixels(blank)
 
 
 def build_app(
     model_dir: str,
+    args: ServeAppArgs = DEFAULTS,
     *,
-    max_batch_size: int = 32,
-    batch_wait_timeout_s: float = 0.01,
-    min_replicas: int = 1,
-    max_replicas: int = 2,
-    target_ongoing_requests: float = 8,
-    replica_cpus: float = 0.5,
     loader: Callable[[str], PatchPredictor] = load_predictor,
 ) -> Any:
     """The Serve application for one exported model, with autoscaling."""
     return PatchClassifierService.options(
         autoscaling_config={
-            "min_replicas": min_replicas,
-            "initial_replicas": max(1, min_replicas),
-            "max_replicas": max_replicas,
-            "target_ongoing_requests": target_ongoing_requests,
+            "min_replicas": args.min_replicas,
+            "initial_replicas": max(1, args.min_replicas),
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
         },
-        max_ongoing_requests=max(2 * max_batch_size, 16),
-        ray_actor_options={"num_cpus": replica_cpus},
-    ).bind(model_dir, loader, max_batch_size, batch_wait_timeout_s)
+        # High enough for a batch to fill: Serve's default of 5 would cap every batch at 5.
+        max_ongoing_requests=max(2 * args.max_batch_size, 16),
+        ray_actor_options={"num_cpus": args.replica_cpus},
+    ).bind(model_dir, loader, args.max_batch_size, args.batch_wait_timeout_s)

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from patchray import storage
-from patchray.data.transforms import normalise
 from patchray.evaluation.metrics import binary_metrics
+from patchray.inference.preprocess import Preprocess
+from patchray.logs import worker_progress
 
 CHECKPOINT_META = "meta.json"
 CHECKPOINT_PREFIX = "ckpt"  # tf.train.Checkpoint files: model weights + optimizer state
@@ -46,9 +47,7 @@ def weights_digest(weights: list[np.ndarray]) -> str:
 def validation_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
     """Per-epoch validation metrics at the neutral 0.5 threshold, prefixed ``val_``."""
     m = binary_metrics(y_true, y_score, threshold=0.5).to_dict()
-    keep = (
-        "loss auc accuracy sensitivity specificity precision f1 balanced_accuracy"
-    ).split()
+    keep = ["loss", "auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy"]
     return {f"val_{k}": m[k] for k in keep}
 
 
@@ -62,7 +61,7 @@ class Progress:
     resumes: list[dict[str, int]] = field(default_factory=list)
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "Progress":
+    def from_meta(cls, meta: dict[str, Any]) -> Progress:
         """The progress of an attempt that resumes from the checkpoint described by ``meta``."""
         attempt = meta.get("attempt", 1) + 1
         return cls(
@@ -82,6 +81,7 @@ class Progress:
             "resumes": self.resumes,
             "resumed_from_epoch": self.resumes[-1]["from_epoch"] if self.resumes else None,
             "tf_checkpoint": tf_checkpoint,
+            "preprocess": config["preprocess"],  # the input contract export writes out
             **{k: config[k] for k in ARCHITECTURE_KEYS},
         }
 
@@ -144,16 +144,21 @@ def _restore(tf_checkpoint: Any, checkpoint: Any, config: dict[str, Any], rank: 
         tf_checkpoint.restore(os.path.join(d, meta["tf_checkpoint"])).expect_partial()
     progress = Progress.from_meta(meta)
     if rank == 0:
-        print(
-            f"[patchray] resuming from epoch {progress.start_epoch}/{config['epochs']} "
-            f"checkpoint (attempt {progress.attempt})",
-            flush=True,
-        )
+        worker_progress(f"resuming from epoch {progress.start_epoch}/{config['epochs']} "
+                        f"checkpoint (attempt {progress.attempt})")
     return progress
 
 
-def _shard_to_tf(shard: Any, batch_size: int, size: int, tf: Any) -> Any:
+def checkpoint_preprocess(meta: dict[str, Any]) -> Preprocess:
+    """The input contract a checkpoint was trained with (older ones: the default one)."""
+    if meta.get("preprocess"):
+        return Preprocess.model_validate(meta["preprocess"])
+    return Preprocess(size=meta["input_size"])
+
+
+def _shard_to_tf(shard: Any, batch_size: int, preprocess: Preprocess, tf: Any) -> Any:
     """A tf.data view of this worker's Ray Data shard, iterated afresh by each fit call."""
+    size = preprocess.size
     spec = (
         tf.TensorSpec((None, size, size, 3), tf.float32),
         tf.TensorSpec((None,), tf.float32),
@@ -162,7 +167,7 @@ def _shard_to_tf(shard: Any, batch_size: int, size: int, tf: Any) -> Any:
 
     def batches():
         for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-            yield normalise(b["x"]), b["y"], b["w"]
+            yield preprocess.to_input(b["x"]), b["y"], b["w"]
 
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     options = tf.data.Options()
@@ -172,7 +177,8 @@ def _shard_to_tf(shard: Any, batch_size: int, size: int, tf: Any) -> Any:
 
 
 def _predict_split(
-    model: Any, shard: Any, batch_size: int, cache: dict[str, list[np.ndarray]] | None
+    model: Any, shard: Any, batch_size: int, cache: dict[str, list[np.ndarray]] | None,
+    preprocess: Preprocess,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score the validation split with direct model calls (no ``predict``: local forward
     passes need no collectives). With ``cache``, the decoded split is kept after the first
@@ -186,7 +192,7 @@ def _predict_split(
         )
     xs, ys, ps = [], [], []
     for x, y in batches:
-        ps.append(np.asarray(model(normalise(x), training=False)).reshape(-1))
+        ps.append(np.asarray(model(preprocess.to_input(x), training=False)).reshape(-1))
         ys.append(y)
         xs.append(x)
     if cache is not None and not cache:
@@ -195,13 +201,12 @@ def _predict_split(
 
 
 def _log_epoch(metrics: dict[str, Any], epochs: int) -> None:
-    print(
-        f"[patchray] epoch {metrics['epoch'] + 1}/{epochs}  loss {metrics['loss']:.4f}  "
+    worker_progress(
+        f"epoch {metrics['epoch'] + 1}/{epochs}  loss {metrics['loss']:.4f}  "
         f"val_loss {metrics['val_loss']:.4f}  val_auc {metrics['val_auc']:.4f}  "
         f"val_sens {metrics['val_sensitivity']:.3f}  "
         f"val_spec {metrics['val_specificity']:.3f}  "
-        f"({metrics['train_seconds']:.1f}s train, {metrics['val_seconds']:.1f}s val)",
-        flush=True,
+        f"({metrics['train_seconds']:.1f}s train, {metrics['val_seconds']:.1f}s val)"
     )
 
 
@@ -212,6 +217,7 @@ class _EpochReporter:
                  val_shard: Any, progress: Progress) -> None:
         self.config, self.rank, self.model = config, rank, model
         self.tf_checkpoint, self.val_shard, self.progress = tf_checkpoint, val_shard, progress
+        self.preprocess = Preprocess.model_validate(config["preprocess"])
         self.val_cache: dict[str, list[np.ndarray]] | None = {} if config["cache_val"] else None
         self._local_model: Any = None
         if rank == 0:
@@ -245,7 +251,7 @@ class _EpochReporter:
             t0 = time.perf_counter()
             batch = max(self.config["batch_size"], 256)
             y, p = _predict_split(self._eval_model(weights), self.val_shard, batch,
-                                  self.val_cache)
+                                  self.val_cache, self.preprocess)
             metrics.update(validation_metrics(y, p))
             metrics["val_seconds"] = time.perf_counter() - t0
             metrics["attempt"] = self.progress.attempt
@@ -313,7 +319,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # and splits it over all replicas: feed world * batch rows so every replica steps
             # on train.batch_size rows, as the config promises.
             _shard_to_tf(ray.train.get_dataset_shard("train"), batch * world,
-                         config["input_size"], tf),
+                         Preprocess.model_validate(config["preprocess"]), tf),
             epochs=epochs,
             initial_epoch=progress.start_epoch,
             callbacks=[_keras_callback(keras, reporter, model.optimizer)],

@@ -12,25 +12,25 @@ network, and it does not start workers at all when the run already trained every
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from patchray import storage
-from patchray.config import PipelineConfig
-from patchray.data.ingest import read_manifest
-from patchray.data.pipeline import raise_explained, training_dataset
-from patchray.errors import ConfigError
-from patchray.models.keras_compat import LEGACY_KERAS_ENV, ensure_legacy_keras_env
+from patchray import runtime, storage
+from patchray.config import TrainJobConfig
+from patchray.data.manifest import PatchDataset
+from patchray.data.pipeline import checksum_error, training_dataset
+from patchray.errors import ConfigError, PatchrayError, TrainingError
+from patchray.models.keras_compat import ensure_legacy_keras_env
 from patchray.training.loop import (
     CHECKPOINT_META,
     architecture_mismatch,
     train_loop_per_worker,
 )
 
-# Ray Train would route print() through logging and echo it twice to the driver.
-QUIET_TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class TrainingOutcome:
     trained: bool = True  # False: the run was already complete, no worker was started
 
 
-def loop_config(cfg: PipelineConfig, replica_report_uri: str = "") -> dict[str, Any]:
+def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "") -> dict[str, Any]:
     """The plain-dict config every worker receives."""
     t = cfg.train
     return {
@@ -58,11 +58,12 @@ def loop_config(cfg: PipelineConfig, replica_report_uri: str = "") -> dict[str, 
         "inter_op_threads": t.inter_op_threads,
         "seed": t.seed,
         "cache_val": t.cache_val,
+        "preprocess": t.preprocess().model_dump(mode="json"),
         "replica_report_uri": replica_report_uri,
     }
 
 
-def scaling_config(cfg: PipelineConfig) -> Any:
+def scaling_config(cfg: TrainJobConfig) -> Any:
     from ray.train import ScalingConfig
 
     t = cfg.train
@@ -74,7 +75,7 @@ def scaling_config(cfg: PipelineConfig) -> Any:
     return ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
 
 
-def run_config(cfg: PipelineConfig, *, storage_root: str, run_name: str) -> Any:
+def run_config(cfg: TrainJobConfig, *, storage_root: str, run_name: str) -> Any:
     """Where the run lives, which checkpoints it keeps (best K by val AUC), how often it retries."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -87,31 +88,29 @@ def run_config(cfg: PipelineConfig, *, storage_root: str, run_name: str) -> Any:
             checkpoint_score_order="max",
         ),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        worker_runtime_env={"env_vars": {**LEGACY_KERAS_ENV, **QUIET_TF_ENV, **storage.s3_env()}},
+        worker_runtime_env=runtime.runtime_env(),
     )
 
 
 def build_trainer(
-    cfg: PipelineConfig, *, data_root: str, storage_root: str, run_name: str
+    cfg: TrainJobConfig, *, dataset: PatchDataset, storage_root: str, run_name: str
 ) -> Any:
-    """A ready-to-``fit`` TensorflowTrainer over the train/val splits at ``data_root``."""
+    """A ready-to-``fit`` TensorflowTrainer over the train/val splits of ``dataset``."""
     ensure_legacy_keras_env()  # ray.train.tensorflow imports TensorFlow
     from ray.train import DataConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    manifest = read_manifest(data_root)
-    size = cfg.train.input_size
+    preprocess = cfg.train.preprocess()
     datasets = {
         "train": training_dataset(
-            data_root,
+            dataset,
             "train",
-            size=size,
+            preprocess=preprocess,
             augment=cfg.data.augment,
-            label_counts=manifest["splits"]["train"]["labels"],
             weighting=cfg.data.class_weighting,
             val_holdout=cfg.data.val_holdout,
         ),
-        "val": training_dataset(data_root, "val", size=size, augment=False,
+        "val": training_dataset(dataset, "val", preprocess=preprocess, augment=False,
                                 val_holdout=cfg.data.val_holdout),
     }
     return TensorflowTrainer(
@@ -126,17 +125,22 @@ def build_trainer(
 
 
 def previous_result(storage_root: str, run_name: str) -> Any | None:
-    """The Ray Train ``Result`` of an earlier run with this name, or None if there is none."""
-    from ray.train import Result
-    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+    """The Ray Train ``Result`` of an earlier run with this name, or None if there is none.
 
-    # Ray Train's CheckpointManager rewrites this file after every reported checkpoint; it is
-    # what a trainer with the same RunConfig(name, storage_path) restores from.
+    Public API only: ``Result.from_path`` restores what a trainer with the same
+    ``RunConfig(name, storage_path)`` would resume from, and raises RuntimeError when the run
+    folder or its checkpoint snapshot is missing (tests/unit/training/test_trainer.py fails
+    if Ray changes that)."""
+    from ray.train import Result
+
     run_uri = storage.join(storage_root, run_name)
-    if not storage.exists(storage.join(run_uri, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)):
+    if not storage.exists(run_uri):
         return None
     fs, path = storage.resolve(run_uri)
-    result = Result.from_path(path, storage_filesystem=fs)
+    try:
+        result = Result.from_path(path, storage_filesystem=fs)
+    except RuntimeError:  # the folder exists but holds no checkpoint snapshot yet
+        return None
     return result if result.checkpoint is not None else None
 
 
@@ -146,13 +150,12 @@ def _read_meta(checkpoint: Any) -> dict[str, Any]:
 
 
 def run_training(
-    cfg: PipelineConfig,
+    cfg: TrainJobConfig,
     *,
-    data_root: str,
+    dataset: PatchDataset,
     storage_root: str,
     run_name: str,
     local_dir: str,
-    log: Callable[[str], None] = print,
 ) -> TrainingOutcome:
     """Train (or resume, or skip a finished run); return the best checkpoint by val AUC.
 
@@ -174,21 +177,40 @@ def run_training(
             )
         epochs_before = latest["epoch"] + 1
     if epochs_before >= cfg.train.epochs:
-        log(f"run {run_name} already trained {epochs_before} epoch(s) (train.epochs="
-            f"{cfg.train.epochs}): not training again, using its best checkpoint")
+        log.info("run %s already trained %d epoch(s) (train.epochs=%d): not training again, "
+                 "using its best checkpoint", run_name, epochs_before, cfg.train.epochs)
     else:
         if epochs_before:
-            log(f"resuming from epoch {epochs_before}/{cfg.train.epochs} checkpoint of run "
-                f"{run_name}: training epochs {epochs_before + 1}..{cfg.train.epochs}")
-        trainer = build_trainer(cfg, data_root=data_root, storage_root=storage_root,
+            log.info("resuming from epoch %d/%d checkpoint of run %s: training epochs %d..%d",
+                     epochs_before, cfg.train.epochs, run_name, epochs_before + 1,
+                     cfg.train.epochs)
+        trainer = build_trainer(cfg, dataset=dataset, storage_root=storage_root,
                                 run_name=run_name)
-        result = trainer.fit()
-        if result.error:
-            raise_explained(result.error, data_root)
+        result = fit(trainer, dataset.root, storage.join(storage_root, run_name))
     return outcome_from_result(
         result, storage.join(storage_root, run_name), Path(local_dir),
         epochs_before=epochs_before, trained=epochs_before < cfg.train.epochs,
     )
+
+
+def fit(trainer: Any, data_root: str, run_uri: str) -> Any:
+    """``trainer.fit()``, its failure (raised or in ``result.error``) as a PatchrayError: a
+    corrupted dataset page names the dataset; anything else names the run and the log."""
+    try:
+        result = trainer.fit()
+        error = result.error
+    except PatchrayError:
+        raise
+    except Exception as e:  # Ray Train V2 raises TrainingFailedError wrapping the workers'
+        error = e
+    if error is None:
+        return result
+    explained = checksum_error(error, data_root)
+    if explained is not None:
+        raise explained from error
+    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    raise TrainingError(f"training run {run_uri} failed: {last} (the workers' tracebacks are "
+                        "in the run's log file)") from error
 
 
 def outcome_from_result(
@@ -196,7 +218,7 @@ def outcome_from_result(
 ) -> TrainingOutcome:
     """Copy the best checkpoint (by val AUC, not the latest) to ``local_dir/best_checkpoint``."""
     if not result.best_checkpoints:
-        raise RuntimeError(f"training run {storage_uri} reported no checkpoint")
+        raise TrainingError(f"training run {storage_uri} reported no checkpoint")
     best = result.get_best_checkpoint(metric="val_auc", mode="max")
     target = local_dir / "best_checkpoint"
     shutil.rmtree(target, ignore_errors=True)  # a rerun must not mix two checkpoints' files

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from patchray.data.records import encode_png
-from patchray.errors import DataError
 from patchray.data.transforms import (
     BRIGHTNESS_MAX,
     apply_augment,
@@ -15,6 +14,7 @@ from patchray.data.transforms import (
     normalise,
     prepare_training_batch,
 )
+from patchray.errors import DataError
 
 
 def test_edge_patch_is_padded_white_not_stretched():
@@ -45,7 +45,7 @@ def test_augment_keeps_range_shape_and_changes_pixels():
     x = rng.random((16, 50, 50, 3)).astype(np.float32)
     out = augment(x, np.random.default_rng(1))
     assert out.shape == x.shape and out.dtype == np.float32
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
     assert not np.allclose(out, x)
 
 

@@ -10,7 +10,7 @@ from patchray.errors import ConfigError
 from patchray.training.loop import ARCHITECTURE_KEYS, Progress, architecture_mismatch
 from patchray.training.trainer import loop_config, scaling_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_cpu_scaling_config_reserves_cpus_only():
@@ -84,3 +84,34 @@ def test_checkpoint_resumes_only_into_the_same_network():
         "model_args", "input_size"]
     older = {k: v for k, v in meta.items() if k != "mixed_precision"}  # before the flag existed
     assert architecture_mismatch(older, config) == []
+
+
+def test_previous_result_uses_ray_trains_public_restore_and_its_contract_holds(tmp_path):
+    """patchray detects a resumable run with ``ray.train.Result.from_path`` alone. It relies on
+    from_path raising RuntimeError for a run folder without a checkpoint snapshot: if Ray
+    changes that, this test fails (instead of resume silently breaking)."""
+    from ray.train import Result
+
+    from patchray.training.trainer import previous_result
+
+    assert previous_result(str(tmp_path), "never-ran") is None
+    (tmp_path / "started").mkdir()  # a run killed before its first checkpoint
+    with pytest.raises(RuntimeError):
+        Result.from_path(str(tmp_path / "started"))
+    assert previous_result(str(tmp_path), "started") is None
+
+
+def test_unknown_model_fails_at_config_load_time_with_close_matches():
+    from patchray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.model: .*unknown model 'cnn66'.*did you mean"):
+        load_config(overrides=["train.model=cnn66"])
+
+
+def test_train_job_config_has_no_serve_section_and_the_demo_has():
+    from patchray.config import DemoConfig, TrainJobConfig
+    from patchray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'serve'"):
+        load_config(overrides=["serve.port=9000"], model=TrainJobConfig)
+    assert load_config(overrides=["serve.port=9000"], model=DemoConfig).serve.port == 9000

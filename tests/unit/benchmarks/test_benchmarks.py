@@ -124,21 +124,3 @@ def test_consumer_and_keras_baseline_cores_train_a_tiny_model():
                          epochs=2, threads=None)
     assert [e["epoch"] for e in fit["epochs"]] == [1, 2]
     assert fit["images_per_s"] == pytest.approx(fit["epochs"][1]["images_per_s"])
-
-
-@pytest.mark.integration
-def test_reader_and_memory_cores_stream_the_training_pipeline(ray_cluster, tmp_path):
-    from patchray.benchmarks.common import synthetic_dataset
-    from patchray.benchmarks.memory import measure_memory
-    from patchray.benchmarks.reader import measure_reader
-
-    root, manifest = synthetic_dataset(tmp_path, 24, patients=3, per_patient=20,
-                                       log=lambda _: None)
-    train_rows = manifest["splits"]["train"]["rows"]
-    for reader in ("v2", "v1"):
-        out = measure_reader(root, manifest, 24, epochs=2, reader=reader)
-        assert [e["rows"] for e in out["epochs"]] == [train_rows - train_rows % 2] * 2
-        assert out["per_worker_images_per_s"] > 0 and out["first_batch_seconds"] >= 0
-    mem = measure_memory(root, manifest, 24, images_per_s=1e6, object_store_mb=768)
-    assert mem["rows"] == train_rows and mem["decoded_mb"] > 0
-    assert mem["peak_pss_mb"] >= mem["baseline_pss_mb"] > 0 and len(mem["samples"]) >= 3

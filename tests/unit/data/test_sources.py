@@ -17,10 +17,14 @@ from PIL import Image
 from patchray import cli
 from patchray.data import ingest
 from patchray.data.records import (
-    PATCH_SCHEMA, decode_image, decode_record_image, encode_png, pixel_sha256,
+    PATCH_SCHEMA,
+    decode_image,
+    decode_record_image,
+    encode_png,
+    pixel_sha256,
 )
-from patchray.data.sources import PcamSource, create_source, read_rgb
-from patchray.errors import ConfigError, DataError
+from patchray.data.sources import PcamSource, create_source
+from patchray.errors import DataError
 
 RNG = np.random.default_rng(7)
 
@@ -151,28 +155,6 @@ def test_options_a_source_cannot_use_are_usage_errors(idc_tree, tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         _run("ingest", "tiles", idc_tree, "--out", tmp_path / "o")
     assert e.value.code == 2
-
-
-def test_rgb_decoding_accepts_opaque_alpha_and_palette_but_not_grey_cmyk_or_transparency():
-    pixels = _pixels(8, 8)
-
-    def png(img: Image.Image, fmt: str = "PNG") -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, format=fmt)
-        return buf.getvalue()
-
-    opaque = np.dstack([pixels, np.full((8, 8), 255, np.uint8)])
-    assert np.array_equal(read_rgb(png(Image.fromarray(opaque, "RGBA")), source="a"), pixels)
-    palette = Image.fromarray(pixels).quantize(16)
-    assert read_rgb(png(palette), source="p").shape == (8, 8, 3)
-    see_through = opaque.copy()
-    see_through[0, 0, 3] = 0
-    with pytest.raises(DataError, match="expected RGB, got mode RGBA with transparent pixels"):
-        read_rgb(png(Image.fromarray(see_through, "RGBA")), source="t")
-    with pytest.raises(DataError, match="expected RGB, got mode CMYK"):
-        read_rgb(png(Image.fromarray(pixels).convert("CMYK"), "JPEG"), source="c")
-    with pytest.raises(DataError, match="expected a PNG or JPEG image, got GIF"):
-        read_rgb(png(palette, "GIF"), source="g")
 
 
 # --------------------------------------------------------------------------- class folders
@@ -452,40 +434,3 @@ def test_an_unknown_encoding_is_refused_before_anything_is_written(idc_tree, tmp
     assert not (tmp_path / "x").exists()
     with pytest.raises(DataError, match=r"patch-7: 10 raw bytes, expected 2x2x3 = 12"):
         decode_record_image(b"0123456789", "raw", 2, 2, source="patch-7")
-
-
-# --------------------------------------------------------------------------- hold-out validation
-
-
-def test_holdout_is_a_stable_fraction_chosen_by_pixel_hash():
-    import hashlib
-
-    from patchray.data.pipeline import in_holdout
-
-    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20_000)]
-    held = in_holdout(hashes, 0.2)
-    assert abs(held.mean() - 0.2) < 0.01
-    assert np.array_equal(held, in_holdout(list(reversed(hashes)), 0.2)[::-1])  # order-free
-    assert not in_holdout(hashes, 0.0).any()
-
-
-def test_holdout_validation_splits_train_rows_and_refuses_datasets_with_val(idc_tree, tmp_path):
-    from patchray.data.pipeline import resolve_split
-    from patchray.pipeline import read_patch_rows
-
-    out = tmp_path / "two"
-    assert _run("ingest", "idc", idc_tree, "--out", out,
-                "--split-map", "101=train,202=train,303=test") == 0
-    with pytest.raises(DataError, match=r"split 'val' has no files .*data.val_holdout=0.2"):
-        read_patch_rows(str(out), "val", 100)  # and Ray Data's read_split says the same
-    train = read_patch_rows(str(out), "train", 100, val_holdout=0.4)
-    val = read_patch_rows(str(out), "val", 100, val_holdout=0.4)
-    everything = read_patch_rows(str(out), "train", 100)
-    assert val and train and len(val) + len(train) == len(everything) == 7
-    assert not {r["sha256"] for r in val} & {r["sha256"] for r in train}
-    assert resolve_split(str(out), "test", 0.4) == ("test", None)
-
-    with_val = tmp_path / "three"
-    assert _run("ingest", "idc", idc_tree, "--out", with_val) == 0
-    with pytest.raises(ConfigError, match=r"has val patients; hold-out validation is only"):
-        resolve_split(str(with_val), "val", 0.2)

@@ -1,0 +1,70 @@
+"""The evaluation stage: score val and test with the exported IR, choose the threshold on
+val, and write the report (metrics.json and the pictures)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from patchray.config import EvalConfig
+from patchray.data.manifest import PatchDataset
+from patchray.evaluation.metrics import binary_metrics, choose_threshold
+from patchray.evaluation.report import write_report
+from patchray.evaluation.scoring import score_split
+from patchray.inference.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    threshold: float
+    rule: dict[str, Any]  # rule, min_sensitivity, chosen_on
+    metrics: dict[str, Any]  # what metrics.json holds
+
+    def summary(self) -> dict[str, Any]:
+        """val and test metrics: what the model's metadata carries."""
+        return {k: self.metrics[k] for k in ("val", "test")}
+
+
+def evaluate_model(
+    model_xml: str | Path, preprocess: Preprocess, dataset: PatchDataset, rules: EvalConfig,
+    *, report_dir: str | Path, history: list[dict[str, Any]], best_epoch: int,
+    val_holdout: float = 0.0,
+) -> Evaluation:
+    """Choose the threshold on val by ``rules``, measure test at it, write the report."""
+    y_val, p_val = score_split(model_xml, preprocess, dataset, "val", val_holdout=val_holdout)
+    threshold = choose_threshold(y_val, p_val, rule=rules.threshold_rule,
+                                 min_sensitivity=rules.min_sensitivity)
+    y_test, p_test = score_split(model_xml, preprocess, dataset, "test")
+    chosen_on = (f"val: {val_holdout:.0%} of the train patients' patches held out (optimistic)"
+                 if val_holdout else "val")
+    rule = {"rule": rules.threshold_rule, "min_sensitivity": rules.min_sensitivity,
+            "chosen_on": chosen_on}
+    metrics: dict[str, Any] = {
+        "val": binary_metrics(y_val, p_val, threshold).to_dict(),
+        "test": binary_metrics(y_test, p_test, threshold).to_dict(),
+        # The epoch of the checkpoint exported (Ray Train's best by val AUC, not the last).
+        "best_epoch": best_epoch,
+        "history": history,
+        "threshold": {"value": threshold, **rule},
+    }
+    report = Path(report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    pictures = write_report(report, y_true=y_test, y_score=p_test, threshold=threshold,
+                            history=history, prefix="test")
+    pictures.update(write_report(report, y_true=y_val, y_score=p_val, threshold=threshold,
+                                 prefix="val"))
+    metrics["pictures"] = {k: os.path.relpath(v, report) for k, v in pictures.items()}
+    (report / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    test = metrics["test"]
+    log.info("TEST AUC %.4f  sensitivity %.3f  specificity %.3f  at threshold %.4f (rule '%s' "
+             "on %s, min_sensitivity %s)", test["auc"], test["sensitivity"],
+             test["specificity"], threshold, rules.threshold_rule, chosen_on,
+             rules.min_sensitivity)
+    return Evaluation(threshold, rule, metrics)
