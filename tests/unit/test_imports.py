@@ -59,3 +59,38 @@ def test_serving_path_never_imports_tensorflow(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no tensorflow" in proc.stdout
+
+
+def test_lower_layers_never_import_the_workflows():
+    """Workflows compose stages; stages, benchmarks and the serving path must not depend on
+    them (or every change to a job would ripple down)."""
+    import ast
+
+    package = REPO / "platform" / "patchray"
+    offenders = []
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package)
+        if rel.parts[0] == "workflows" or rel.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{rel}: {n}" for n in names if n.startswith("patchray.workflows")]
+    assert not offenders, offenders
+
+
+def test_no_private_ray_modules_are_imported():
+    import ast
+
+    found = []
+    for path in (REPO / "platform" / "patchray").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            found += [f"{path.name}: {n}" for n in names
+                      if n.startswith("ray") and ("._" in n or "_internal" in n)]
+    assert not found, found
