@@ -25,5 +25,4 @@ class AppArgs(ServeAppArgs):
 
 def build(args: dict[str, Any]) -> Any:
     parsed = AppArgs.model_validate(args)
-    return build_app(parsed.model_dir, ServeAppArgs.model_validate(
-        parsed.model_dump(exclude={"model_dir"})))
+    return build_app(parsed.model_dir, parsed)  # an AppArgs is a ServeAppArgs

@@ -153,10 +153,6 @@ class ServeConfig(ServeAppArgs):
     route_prefix: str = "/"
     demo_requests: int = Field(16, ge=0)
 
-    def app_args(self) -> ServeAppArgs:
-        return ServeAppArgs.model_validate(
-            {k: getattr(self, k) for k in ServeAppArgs.model_fields})
-
 
 class RayConfig(_Strict):
     address: str = Field("", description="Empty: start a local cluster; 'auto' or ray://...: join one")

@@ -95,7 +95,7 @@ class RunOutput:
         self._stop = threading.Event()
         self._echo: threading.Thread | None = None
         self._routing: _PatchrayLogger | None = None
-        self._root_handler: logging.Handler | None = None
+        self._file_handler: logging.Handler | None = None
         self._root_level = logging.WARNING
 
     @property
@@ -121,12 +121,11 @@ class RunOutput:
         terminal_handler = logging.StreamHandler(self.terminal)
         terminal_handler.setFormatter(_TerminalFormatter())
         self._routing = _PatchrayLogger([terminal_handler, file_handler])
-        # Other libraries' Python logging (Ray's, TensorFlow's) into the file as well.
+        # Other libraries' Python logging (Ray's, TensorFlow's) into the same file.
         root = logging.getLogger()
-        self._root_handler = logging.FileHandler(self.log_file)
-        self._root_handler.setFormatter(logging.Formatter(FILE_FORMAT))
         self._root_level = root.level
-        root.addHandler(self._root_handler)
+        self._file_handler = file_handler
+        root.addHandler(file_handler)
         root.setLevel(logging.INFO if self.verbose else logging.WARNING)
         if not self.verbose:
             self._echo = threading.Thread(target=self._echo_worker_lines, args=(start,),
@@ -167,13 +166,12 @@ class RunOutput:
         if self._echo is not None:
             self._stop.set()
             self._echo.join(timeout=5)
-        if self._routing is not None:
-            self._routing.restore()
-        if self._root_handler is not None:
+        if self._file_handler is not None:
             root = logging.getLogger()
-            root.removeHandler(self._root_handler)
+            root.removeHandler(self._file_handler)
             root.setLevel(self._root_level)
-            self._root_handler.close()
+        if self._routing is not None:
+            self._routing.restore()  # closes the terminal and file handlers
         if self._saved:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -152,12 +152,7 @@ def test_best_checkpoint_by_val_auc_is_exported_and_finished_run_is_not_retraine
     from ray.train import ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from patchray.training.trainer import (
-        loop_config,
-        outcome_from_result,
-        run_config,
-        run_training,
-    )
+    from patchray.training.trainer import loop_config, outcome_from_result, run_config, run_training
 
     # pytest imports this file as a top-level module workers cannot import: ship it by value.
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])

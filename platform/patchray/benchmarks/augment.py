@@ -16,14 +16,7 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions,
-    Log,
-    bar_chart,
-    finish,
-    format_table,
-    interleaved_rates,
-    sample_patches,
-    say,
+    BenchOptions, Log, bar_chart, finish, format_table, interleaved_rates, sample_patches, say,
     single_thread,
 )
 from patchray.benchmarks.reference import apply_augment_hsv

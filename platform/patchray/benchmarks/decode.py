@@ -17,16 +17,8 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions,
-    Log,
-    bar_chart,
-    format_table,
-    interleaved_rates,
-    machine,
-    sample_patches,
-    say,
-    single_thread,
-    write_results,
+    BenchOptions, Log, bar_chart, format_table, interleaved_rates, machine, sample_patches, say,
+    single_thread, write_results,
 )
 from patchray.data.records import encode_png
 from patchray.data.transforms import augment, decode_patches, normalise

@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from patchray.benchmarks.common import (
-    BenchOptions,
-    Log,
-    bar_chart,
-    finish,
-    format_table,
-    interleaved_rates,
-    say,
-    single_thread,
+    BenchOptions, Log, bar_chart, finish, format_table, interleaved_rates, say, single_thread,
 )
 
 NAME = "ingest"

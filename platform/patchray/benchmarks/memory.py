@@ -21,14 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from patchray.benchmarks.common import (
-    BenchOptions,
-    Log,
-    format_table,
-    machine,
-    say,
-    start_ray,
-    synthetic_dataset,
-    write_results,
+    BenchOptions, Log, format_table, machine, say, start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "memory"

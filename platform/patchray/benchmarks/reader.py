@@ -25,18 +25,8 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    PARQUET_READERS,
-    BenchOptions,
-    FreshProcess,
-    Log,
-    bar_chart,
-    call_in_actor,
-    format_table,
-    machine,
-    say,
-    start_ray,
-    synthetic_dataset,
-    write_results,
+    PARQUET_READERS, BenchOptions, FreshProcess, Log, bar_chart, call_in_actor, format_table,
+    machine, say, start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "reader"

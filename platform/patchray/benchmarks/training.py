@@ -29,16 +29,8 @@ from typing import Any
 import numpy as np
 
 from patchray.benchmarks.common import (
-    BenchOptions,
-    Log,
-    bar_chart,
-    call_in_actor,
-    format_table,
-    machine,
-    say,
-    start_ray,
-    synthetic_dataset,
-    write_results,
+    BenchOptions, Log, bar_chart, call_in_actor, format_table, machine, say,
+    start_ray, synthetic_dataset, write_results,
 )
 
 NAME = "training"

@@ -32,24 +32,13 @@ import pyarrow.parquet as pq
 from patchray import storage
 from patchray.data.manifest import MANIFEST, Manifest, parse_manifest
 from patchray.data.records import (
-    ALL_SPLITS,
-    PATCH_SCHEMA,
-    ROW_GROUP_ROWS,
-    SCHEMA_VERSION,
-    SPLITS,
-    UNLABELLED,
-    check_encoding,
-    encode_pixels,
-    label_key,
-    pixel_sha256,
+    ALL_SPLITS, PATCH_SCHEMA, ROW_GROUP_ROWS, SCHEMA_VERSION, SPLITS, UNLABELLED, check_encoding,
+    encode_pixels, label_key, pixel_sha256,
 )
 from patchray.data.report import REPORT_JSON, IngestReport
 from patchray.data.sources import Candidate, PatchSource, SyntheticSource
 from patchray.data.splits import (
-    assign_patient_splits,
-    check_patient_disjoint,
-    check_split_map,
-    count_patients,
+    assign_patient_splits, check_patient_disjoint, check_split_map, count_patients,
 )
 from patchray.errors import ConfigError, DataError
 

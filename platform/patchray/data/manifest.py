@@ -22,13 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchray import storage
 from patchray.data.records import (
-    ALL_SPLITS,
-    ENCODINGS,
-    SCHEMA_VERSION,
-    SPLITS,
-    check_encoding,
-    decode_record_image,
-    encode_png,
+    ALL_SPLITS, ENCODINGS, SCHEMA_VERSION, SPLITS, check_encoding, decode_record_image, encode_png,
 )
 from patchray.errors import ConfigError, DataError, NotFoundError
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from patchray.errors import ConfigError
 from patchray.models.keras_compat import load_keras
@@ -72,7 +71,7 @@ APPLICATIONS: tuple[ApplicationSpec, ...] = (
 )
 
 
-def get_base_model(model: tf_keras.Model) -> tf_keras.Model:
+def get_base_model(model: "tf_keras.Model") -> "tf_keras.Model":
     """The nested ``tf_keras.applications`` base of a model built by this module."""
     keras = load_keras()
     bases = [layer for layer in model.layers if isinstance(layer, keras.Model)]
@@ -157,7 +156,7 @@ def _h5_layers_with_weights(path: Path) -> set[str]:
         }
 
 
-def _load_base_weights(name: str, base: tf_keras.Model, path: Path) -> None:
+def _load_base_weights(name: str, base: "tf_keras.Model", path: Path) -> None:
     # load_weights(by_name=True) silently skips layers it cannot find, so a file for another
     # architecture (or of the whole classifier instead of its base) would "load" nothing.
     in_file = _h5_layers_with_weights(path)
@@ -174,7 +173,7 @@ def _load_base_weights(name: str, base: tf_keras.Model, path: Path) -> None:
         raise ConfigError(f"cannot load weights file {path} into model {name!r}: {exc}") from exc
 
 
-def _set_trainable(base: tf_keras.Model, mode: str, finetune_layers: int) -> None:
+def _set_trainable(base: "tf_keras.Model", mode: str, finetune_layers: int) -> None:
     keras = load_keras()
     if mode == "full":
         base.trainable = True
@@ -205,7 +204,7 @@ def _build_application(
     mode: Mode,
     finetune_layers: int,
     dropout: float,
-) -> tf_keras.Model:
+) -> "tf_keras.Model":
     if mode not in MODES:
         raise ConfigError(
             f"mode for model {name!r} must be one of {', '.join(MODES)}, got {mode!r}"
@@ -236,7 +235,7 @@ def _build_application(
     return keras.Model(inputs, tumour_output(x), name=name)
 
 
-def _make_builder(spec: ApplicationSpec) -> Callable[..., tf_keras.Model]:
+def _make_builder(spec: ApplicationSpec) -> Callable[..., "tf_keras.Model"]:
     def build(
         *,
         name: str,
@@ -245,7 +244,7 @@ def _make_builder(spec: ApplicationSpec) -> Callable[..., tf_keras.Model]:
         mode: Mode = "full",
         finetune_layers: int = 20,
         dropout: float = 0.2,
-    ) -> tf_keras.Model:
+    ) -> "tf_keras.Model":
         return _build_application(
             spec, name=name, input_size=input_size, weights=weights, mode=mode,
             finetune_layers=finetune_layers, dropout=dropout,

@@ -32,9 +32,8 @@ import difflib
 import fnmatch
 import gc
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from patchray.errors import ConfigError, UnknownModelError
 from patchray.models.keras_compat import load_keras
@@ -70,7 +69,7 @@ class ModelInfo:
     """What the registry knows about one model name."""
 
     name: str
-    builder: Callable[..., tf_keras.Model]
+    builder: Callable[..., "tf_keras.Model"]
     default_input_size: int  # patch side in pixels the model is designed for (50 for IDC)
     min_input_size: int  # smaller inputs are upsampled inside the model (Resizing) to this
     description: str
@@ -96,7 +95,7 @@ def register_model(
     min_input_size: int = 1,
     description: str = "",
     family: str = "",
-) -> Callable[[Callable[..., tf_keras.Model]], Callable[..., tf_keras.Model]]:
+) -> Callable[[Callable[..., "tf_keras.Model"]], Callable[..., "tf_keras.Model"]]:
     """Decorator registering ``builder`` under ``name``; returns the builder unchanged.
 
     The builder must accept the keyword arguments ``name`` and ``input_size`` (see the module
@@ -107,7 +106,7 @@ def register_model(
     if min_input_size < 1 or default_input_size < 1:
         raise ValueError("default_input_size and min_input_size must be >= 1")
 
-    def decorator(builder: Callable[..., tf_keras.Model]) -> Callable[..., tf_keras.Model]:
+    def decorator(builder: Callable[..., "tf_keras.Model"]) -> Callable[..., "tf_keras.Model"]:
         params = inspect.signature(builder).parameters
         missing = [
             a
@@ -159,7 +158,7 @@ def get_model_info(name: str) -> ModelInfo:
     raise UnknownModelError(f"unknown model {name!r}{hint} (patchray models lists all)")
 
 
-def create_model(name: str, *, input_size: int | None = None, **kwargs: Any) -> tf_keras.Model:
+def create_model(name: str, *, input_size: int | None = None, **kwargs: Any) -> "tf_keras.Model":
     """Build the registered model ``name`` for square RGB patches of side ``input_size``.
 
     ``input_size`` defaults to the model's ``default_input_size``; inputs smaller than its

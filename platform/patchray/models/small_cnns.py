@@ -25,7 +25,7 @@ CNN6_MIN_INPUT = 8  # three 2x2 pools
     family="test",
     description="Test model: Conv3x3(4) + GAP + Dense(1); ~120 params, builds in milliseconds",
 )
-def build_tiny(*, name: str, input_size: int) -> tf_keras.Model:
+def build_tiny(*, name: str, input_size: int) -> "tf_keras.Model":
     """Test model: one 3x3 conv with 4 filters, global average pooling, sigmoid unit."""
     keras = load_keras()
     layers = keras.layers
@@ -41,7 +41,7 @@ def build_tiny(*, name: str, input_size: int) -> tf_keras.Model:
     min_input_size=CNN2_MIN_INPUT,
     description="CNN-2L (Bonnet 2024): 2x [Conv5x5 + MaxPool] (32, 64), Dense 256",
 )
-def build_cnn2(*, name: str, input_size: int) -> tf_keras.Model:
+def build_cnn2(*, name: str, input_size: int) -> "tf_keras.Model":
     """CNN-2L: Conv5x5(32)-MaxPool-Conv5x5(64)-MaxPool-Flatten-Dense(256)-Dense(1, sigmoid)."""
     keras = load_keras()
     layers = keras.layers
@@ -67,7 +67,7 @@ def build_cnn6(
     dropout: float = 0.3,
     dense_dropout: float = 0.5,
     bn_momentum: float = 0.9,
-) -> tf_keras.Model:
+) -> "tf_keras.Model":
     """CNN-6L: six Conv3x3-BN-ReLU (32,32,64,64,128,128), pool+dropout per pair, Dense 256.
 
     ``dropout`` follows each 2x2 max pool; ``dense_dropout`` follows the Dense-256-BN-ReLU block.

@@ -37,7 +37,7 @@ def _check_depth(name: str, depth: Any) -> int:
 
 def _wide_resnet(
     *, name: str, input_size: int, depth: int, width: int, dropout: float
-) -> tf_keras.Model:
+) -> "tf_keras.Model":
     depth = _check_depth(name, depth)
     width = check_int(name, "width", width, 1)
     dropout = check_rate(name, "dropout", dropout)
@@ -88,7 +88,7 @@ def _wide_resnet(
 )
 def build_wideresnet(
     *, name: str, input_size: int, depth: int = 16, width: int = 4, dropout: float = 0.0
-) -> tf_keras.Model:
+) -> "tf_keras.Model":
     """Wide ResNet WRN-``depth``-``width`` with optional dropout between the block convs."""
     return _wide_resnet(
         name=name, input_size=input_size, depth=depth, width=width, dropout=dropout
@@ -97,7 +97,7 @@ def build_wideresnet(
 
 # Aliases fix depth and width (the name says which network it is); only dropout is tunable.
 @register_model("wrn16_4", family="wideresnet", description=_DESCRIPTION.format(depth=16, width=4))
-def build_wrn16_4(*, name: str, input_size: int, dropout: float = 0.0) -> tf_keras.Model:
+def build_wrn16_4(*, name: str, input_size: int, dropout: float = 0.0) -> "tf_keras.Model":
     """Wide ResNet WRN-16-4 (alias of ``wideresnet`` with depth=16, width=4)."""
     return _wide_resnet(name=name, input_size=input_size, depth=16, width=4, dropout=dropout)
 
@@ -105,6 +105,6 @@ def build_wrn16_4(*, name: str, input_size: int, dropout: float = 0.0) -> tf_ker
 @register_model(
     "wrn28_10", family="wideresnet", description=_DESCRIPTION.format(depth=28, width=10)
 )
-def build_wrn28_10(*, name: str, input_size: int, dropout: float = 0.0) -> tf_keras.Model:
+def build_wrn28_10(*, name: str, input_size: int, dropout: float = 0.0) -> "tf_keras.Model":
     """Wide ResNet WRN-28-10 (alias of ``wideresnet`` with depth=28, width=10)."""
     return _wide_resnet(name=name, input_size=input_size, depth=28, width=10, dropout=dropout)

@@ -22,7 +22,7 @@ def start_service(cfg: ServeConfig, model_dir: str | Path) -> str:
     from patchray.serving.deployment import build_app
 
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(str(model_dir), cfg.app_args()), name="patchray",
+    serve.run(build_app(str(model_dir), cfg), name="patchray",  # a ServeConfig is ServeAppArgs
               route_prefix=cfg.route_prefix)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 

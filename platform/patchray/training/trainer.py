@@ -24,11 +24,7 @@ from patchray.data.manifest import PatchDataset
 from patchray.data.pipeline import checksum_error, training_dataset
 from patchray.errors import ConfigError, PatchrayError, TrainingError
 from patchray.models.keras_compat import ensure_legacy_keras_env
-from patchray.training.loop import (
-    CHECKPOINT_META,
-    architecture_mismatch,
-    train_loop_per_worker,
-)
+from patchray.training.loop import CHECKPOINT_META, architecture_mismatch, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,7 @@ from PIL import Image
 
 from patchray import cli
 from patchray.data import ingest
-from patchray.data.records import (
-    PATCH_SCHEMA,
-    decode_image,
-    decode_record_image,
-    encode_png,
-    pixel_sha256,
-)
+from patchray.data.records import PATCH_SCHEMA, decode_image, decode_record_image, encode_png, pixel_sha256
 from patchray.data.sources import PcamSource, create_source
 from patchray.errors import DataError
 

@@ -115,3 +115,32 @@ def test_train_job_config_has_no_serve_section_and_the_demo_has():
     with pytest.raises(ConfigError, match="unknown key 'serve'"):
         load_config(overrides=["serve.port=9000"], model=TrainJobConfig)
     assert load_config(overrides=["serve.port=9000"], model=DemoConfig).serve.port == 9000
+
+
+def test_a_failed_fit_becomes_an_error_that_names_the_run_or_the_dataset():
+    """How trainer.fit() failures reach the user (raised, as Ray Train V2 does, or returned
+    in result.error): a corrupted page names the dataset, anything else the run."""
+    from types import SimpleNamespace
+
+    from patchray.errors import DataError, TrainingError
+    from patchray.training.trainer import fit
+
+    class Raising:
+        def __init__(self, error):
+            self.error = error
+
+        def fit(self):
+            raise self.error
+
+    crc = OSError("worker died\nCRC checksum verification failed for page 3")
+    with pytest.raises(DataError, match=r"s3://b/ds: a Parquet page failed its checksum"):
+        fit(Raising(crc), "s3://b/ds", "runs/x/train")
+    with pytest.raises(TrainingError, match=r"training run runs/x/train failed: CUDA out of "
+                                            r"memory \(the workers' tracebacks are in the run"):
+        fit(Raising(RuntimeError("Traceback ...\nCUDA out of memory")), "d", "runs/x/train")
+    returned = SimpleNamespace(fit=lambda: SimpleNamespace(error=ValueError("bad shape")))
+    with pytest.raises(TrainingError, match="failed: bad shape") as e:
+        fit(returned, "d", "runs/x/train")
+    assert isinstance(e.value.__cause__, ValueError)
+    ok = SimpleNamespace(error=None)
+    assert fit(SimpleNamespace(fit=lambda: ok), "d", "r") is ok
