@@ -47,13 +47,16 @@ def metrics_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster(metrics_port):
-    """A real local Ray cluster: 4 logical CPUs on 2 cores leaves room for Ray Data."""
+    """A real local Ray cluster: 4 logical CPUs on 2 cores leaves room for Ray Data; one
+    trial slot, which `patchray tune` jobs joining it share (patchray.tuning.plan.SLOT)."""
     import ray
 
     from patchray.config import RayConfig
     from patchray.runtime import init_ray
+    from patchray.tuning.plan import SLOT
 
-    init_ray(RayConfig(num_cpus=4, object_store_memory_mb=768), metrics_port=metrics_port)
+    init_ray(RayConfig(num_cpus=4, object_store_memory_mb=768, resources={SLOT: 1.0}),
+             metrics_port=metrics_port)
     yield ray
     from ray import serve
 

@@ -2,6 +2,7 @@
 
     patchray demo [--config jobs/demo.yaml] [--set train.epochs=3 ...] [--keep-serving]
     patchray train --config jobs/idc.yaml [--set data.root=s3://bucket/idc ...]
+    patchray tune --config jobs/tune-demo.yaml [--then-train]
     patchray serve MODEL_DIR [--port 8000]
     patchray models [PATTERN]
     patchray ingest idc|pcam|folder SRC --out URI [--encoding png|raw] [--split-map P=train,...]
@@ -80,6 +81,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from patchray.config import TuneJobConfig, load_config
+    from patchray.workflows.train import run_dir_of
+    from patchray.workflows.tune import run_tune_job
+
+    cfg = load_config(args.config, args.overrides, model=TuneJobConfig)
+    with RunOutput(run_dir_of(cfg) / "logs" / LOG_NAME, verbose=args.verbose):
+        run_tune_job(cfg, then_train=args.then_train)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from patchray import runtime
     from patchray.config import ServeJobConfig, load_config
@@ -111,7 +123,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-RUN_COMMANDS = ("demo", "train", "serve")  # start Ray: their output goes through RunOutput
+RUN_COMMANDS = ("demo", "train", "tune", "serve")  # start Ray: their output goes through RunOutput
 EXIT_REJECTED = 3  # ingest finished, but some inputs were refused (see the ingest report)
 REJECTIONS_SHOWN = 10
 
@@ -224,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(train)
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser(
+        "tune", help="Hyperband search over the training of `patchray train`",
+        description="Search the spec's tune.space with Ray Tune (tune.scheduler: hyperband, "
+                    "asha or random) in <runs_root>/<name>. Running the same command again "
+                    "after the driver died restores the experiment: finished trials are not "
+                    "run again. Writes results/trials.csv|md, trial_curves.png and best.yaml "
+                    "(a spec for `patchray train`).",
+    )
+    _config_args(tune)
+    tune.add_argument("--then-train", action="store_true",
+                      help="then train the best point for the full budget, export and "
+                           "evaluate it like `patchray train`")
+    tune.set_defaults(func=cmd_tune)
 
     srv = sub.add_parser("serve", help="serve an exported model with Ray Serve")
     srv.add_argument("model_dir", help="folder with model.xml and metadata.json")

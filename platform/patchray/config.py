@@ -63,6 +63,11 @@ class DataConfig(_Strict):
     )
     class_weighting: Literal["none", "balanced"] = "balanced"
     augment: bool = True
+    augment_strength: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="Colour jitter as a fraction of the published maxima (0: rotations and "
+        "flips only); with augment",
+    )
 
 
 class TrainConfig(_Strict):
@@ -160,6 +165,9 @@ class RayConfig(_Strict):
     # small machines (a trainer reserving every CPU starves Ray Data and hangs).
     num_cpus: int | None = 4
     object_store_memory_mb: int | None = 1024
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Extra custom resources of a local cluster's node"
+    )
 
 
 class TrainJobConfig(_Strict):
@@ -188,6 +196,153 @@ class ServeJobConfig(_Strict):
     runs_root: str = "runs"
     serve: ServeConfig = ServeConfig()
     ray: RayConfig = RayConfig()
+
+
+class Distribution(_Strict):
+    """One search dimension: exactly one of ``loguniform: [low, high]``, ``uniform: [low,
+    high]`` or ``choice: [a, b, ...]``."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [k for k in ("loguniform", "uniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of loguniform, uniform, choice (got {given or 'none'})")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        bounds = self.loguniform or self.uniform
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"[low, high] needs low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.loguniform[0]}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("loguniform", "uniform", "choice") if getattr(self, k) is not None)
+
+    def values(self) -> list[Any]:
+        """The values this dimension can take: the choices, or the two bounds."""
+        return list(self.choice if self.choice is not None else (self.loguniform or self.uniform))
+
+
+#: Search dimensions -> (the config key each sets, the distribution kinds it accepts).
+SEARCH_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "learning_rate": ("train.learning_rate", ("loguniform", "choice")),
+    "batch_size": ("train.batch_size", ("choice",)),
+    "dropout": ("train.model_args.dropout", ("uniform", "choice")),
+    "width": ("train.model_args.width", ("choice",)),
+    "augment_strength": ("data.augment_strength", ("uniform", "choice")),
+    "model": ("train.model", ("choice",)),
+}
+
+
+class SearchSpace(_Strict):
+    """What a tuning job samples; a dimension left out keeps the ``train:``/``data:`` value."""
+
+    learning_rate: Distribution | None = None
+    batch_size: Distribution | None = None
+    dropout: Distribution | None = None
+    width: Distribution | None = None
+    augment_strength: Distribution | None = None
+    model: Distribution | None = None
+
+    @model_validator(mode="after")
+    def _kinds_fit(self) -> SearchSpace:
+        for key, (_, kinds) in SEARCH_KEYS.items():
+            dist = getattr(self, key)
+            if dist is not None and dist.kind not in kinds:
+                raise ValueError(f"{key} takes {' or '.join(kinds)}, got {dist.kind}")
+        if self.batch_size is not None and not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.batch_size.values()
+        ):
+            raise ValueError(f"batch_size choices must be ints >= 1, got {self.batch_size.choice}")
+        if self.model is not None:
+            from patchray.models import get_model_info
+
+            for name in self.model.values():
+                try:
+                    get_model_info(str(name))
+                except UnknownModelError as e:
+                    raise ValueError(f"model choice {name!r}: {e}") from None
+        return self
+
+    def dimensions(self) -> dict[str, Distribution]:
+        return {k: d for k in SEARCH_KEYS if (d := getattr(self, k)) is not None}
+
+
+class TuneResources(_Strict):
+    """How trials share the cluster. Empty fields are derived from the cluster's CPUs/GPUs
+    (patchray.tuning.plan) so that Ray Data always keeps CPUs."""
+
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    workers_per_trial: int | None = Field(None, ge=1, description="Default: up to train.num_workers")
+    data_cpus: float | None = Field(
+        None, ge=0, description="CPUs no trial may take (Ray Data); default max(1, 25%)"
+    )
+
+
+class TuneConfig(_Strict):
+    """The ``tune:`` section: a Hyperband (or ASHA, or plain random) search over ``space``."""
+
+    space: SearchSpace = SearchSpace()
+    scheduler: Literal["hyperband", "asha", "random"] = Field(
+        "hyperband", description="hyperband: synchronous brackets; asha: asynchronous; "
+        "random: every trial runs max_t epochs (the baseline)",
+    )
+    num_samples: int = Field(9, ge=1, description="Trials sampled from the space")
+    max_t: int = Field(9, ge=1, description="Epochs of a trial that is never stopped")
+    reduction_factor: int = Field(3, ge=2, description="Hyperband's eta: keep 1/eta per rung")
+    grace_period: int = Field(1, ge=1, description="asha: epochs before the first rung")
+    seed: int | None = Field(0, description="Sampling seed (null: a new draw each experiment)")
+    resources: TuneResources = TuneResources()
+    then_train_epochs: int | None = Field(
+        None, ge=1, description="Epochs of the best spec and of --then-train (default max_t)"
+    )
+
+    @model_validator(mode="after")
+    def _grace_fits(self) -> TuneConfig:
+        if self.scheduler == "asha" and self.grace_period > self.max_t:
+            raise ValueError(f"tune.grace_period ({self.grace_period}) must be <= tune.max_t "
+                             f"({self.max_t})")
+        return self
+
+
+class TuneJobConfig(TrainJobConfig):
+    """``patchray tune``: search ``tune.space`` with the training of ``patchray train``."""
+
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _models_take_the_searched_args(self) -> TuneJobConfig:
+        # Here, not on a worker minutes later: every model the search may pick must accept
+        # every model argument it may get.
+        from patchray.models import get_model_info
+
+        space = self.tune.space
+        models = space.model.values() if space.model else [self.train.model]
+        for key in ("dropout", "width"):
+            if getattr(space, key) is None:
+                continue
+            for name in models:
+                params = get_model_info(str(name)).hyperparameters()
+                if key not in params:
+                    raise ValueError(
+                        f"tune.space.{key}: model {name!r} has no {key!r} hyperparameter "
+                        f"(it takes: {', '.join(params) or 'none'}); drop {key} from the space "
+                        "or the model from the choice"
+                    )
+                default = params[key]
+                dist = getattr(space, key)
+                if isinstance(default, int) and not all(
+                    isinstance(v, int) for v in dist.values()
+                ):  # e.g. wideresnet's width k is a whole widening factor
+                    raise ValueError(f"tune.space.{key}: model {name!r} takes a whole number "
+                                     f"for {key}, got {dist.values()}")
+        return self
 
 
 PipelineConfig = DemoConfig  # every section: what a spec may hold for any job

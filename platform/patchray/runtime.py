@@ -48,15 +48,23 @@ def prepare_process() -> None:
         os.environ.setdefault(key, value)
 
 
-def init_ray(rc: RayConfig, *, metrics_port: int | None = None) -> None:
-    """Start a local Ray cluster with explicit resources, or join ``rc.address``."""
+def init_ray(rc: RayConfig, *, metrics_port: int | None = None,
+             resources: dict[str, float] | None = None) -> None:
+    """Start a local Ray cluster with explicit resources, or join ``rc.address``.
+
+    ``resources``: custom resources for a local node on top of ``rc.resources`` (tuning's
+    trial slots); a joined cluster keeps the ones its nodes were started with."""
     import ray
 
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {
         "runtime_env": runtime_env(),
-        "include_dashboard": False,
+        # The dashboard serves the State API, which Ray Train's placement-group cleaner
+        # polls: without it, the groups of killed or paused trials leak and the next
+        # trial's workers wait for resources that never come back.
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
         "logging_level": "WARNING",  # Ray's own driver-side INFO lines go to the log file
     }
     if rc.address:
@@ -66,6 +74,8 @@ def init_ray(rc: RayConfig, *, metrics_port: int | None = None) -> None:
         # `ray start` points at (e.g. another job's cluster on this machine) instead.
         kwargs["address"] = "local"
         kwargs["num_cpus"] = rc.num_cpus
+        if rc.resources or resources:
+            kwargs["resources"] = {**rc.resources, **(resources or {})}
         if rc.object_store_memory_mb:
             kwargs["object_store_memory"] = rc.object_store_memory_mb * 1024 * 1024
         if metrics_port:

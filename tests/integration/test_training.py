@@ -142,7 +142,7 @@ def _report_scripted_epochs(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             Path(tmp, "ckpt.index").write_text(f"weights of epoch {epoch}")
             Path(tmp, CHECKPOINT_META).write_text(
-                json.dumps(progress.meta(epoch, "ckpt", config)))
+                json.dumps(progress.meta(epoch, "ckpt", config, "0" * 64)))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

@@ -10,9 +10,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("spec", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_job_specs_validate_as_the_config_of_their_job(spec):
-    from patchray.config import DemoConfig, TrainJobConfig, load_config
+    from patchray.config import DemoConfig, TrainJobConfig, TuneJobConfig, load_config
 
-    job = DemoConfig if spec.name == "demo.yaml" else TrainJobConfig  # see jobs/README.md
+    # See jobs/README.md: demo.yaml is `patchray demo`'s, tune-*.yaml `patchray tune`'s.
+    if spec.name == "demo.yaml":
+        job = DemoConfig
+    elif spec.name.startswith("tune-"):
+        job = TuneJobConfig
+    else:
+        job = TrainJobConfig
     assert isinstance(load_config(spec, model=job), job)
 
 

@@ -5,6 +5,7 @@
     python -m patchray.benchmarks reader   ...   # Ray Data -> 2 shard readers vs train step rate
     python -m patchray.benchmarks training ...   # Ray Train images/s vs plain tf_keras fit
     python -m patchray.benchmarks memory   ...   # one epoch through a small object store
+    python -m patchray.benchmarks tune     ...   # Hyperband vs random search: epochs, best AUC
     python -m patchray.benchmarks all      ...
 
 Each benchmark prints progress and a results table and writes ``<out>/<name>.json`` (plus a

@@ -204,7 +204,8 @@ def call_in_actor(fn: Callable[..., Any], *args: Any, num_cpus: float, **kwargs:
 PARQUET_READERS = ("v2", "v1")
 
 
-def start_ray(*, num_cpus: int = 4, object_store_mb: int = 1024) -> None:
+def start_ray(*, num_cpus: int = 4, object_store_mb: int = 1024,
+              resources: dict[str, float] | None = None) -> None:
     """A fresh local Ray cluster like the demo's (4 logical CPUs: 2 trainers + Ray Data)."""
     import ray
 
@@ -213,7 +214,8 @@ def start_ray(*, num_cpus: int = 4, object_store_mb: int = 1024) -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-    init_ray(RayConfig(num_cpus=num_cpus, object_store_memory_mb=object_store_mb))
+    init_ray(RayConfig(num_cpus=num_cpus, object_store_memory_mb=object_store_mb,
+                       resources=resources or {}))
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

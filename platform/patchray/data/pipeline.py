@@ -120,6 +120,7 @@ def training_dataset(
     *,
     preprocess: Any,
     augment: bool,
+    augment_strength: float = 1.0,
     weighting: str = "none",
     batch_size: int = 256,
     parquet_reader: str = "v1",
@@ -134,7 +135,7 @@ def training_dataset(
     # every epoch, and Ray Data's streaming order is not repeatable anyway.
     prepare = functools.partial(
         prepare_training_batch, size=preprocess.size, augment_patches=augment, weights=weights,
-        seed=None, encoding=encoding, pad_value=preprocess.pad_value,
+        augment_strength=augment_strength, seed=None, encoding=encoding, pad_value=preprocess.pad_value,
     )
     ds = read_split(dataset, split, parquet_reader=parquet_reader, val_holdout=val_holdout)
     return ds.map_batches(

@@ -116,16 +116,23 @@ class AugmentParams:
     saturation: np.ndarray  # float32, factor on HSV saturation
 
 
-def draw_augment_params(n: int, rng: np.random.Generator) -> AugmentParams:
-    """Draw the geometry and colour jitter for ``n`` patches, within the published maxima."""
+def draw_augment_params(n: int, rng: np.random.Generator, strength: float = 1.0) -> AugmentParams:
+    """Draw the geometry and colour jitter for ``n`` patches: the colour ranges are
+    ``strength`` (0..1) times the published maxima; 0 leaves rotations and flips only."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"augment strength must be in [0, 1], got {strength}")
     f32 = np.float32
+    b, h = BRIGHTNESS_MAX * strength, HUE_MAX * strength
+    # Factor ranges shrink towards 1 (no change): [1 - strength * (1 - low), 1].
+    contrast = (1.0 - strength * (1.0 - CONTRAST_RANGE[0]), CONTRAST_RANGE[1])
+    saturation = (1.0 - strength * (1.0 - SATURATION_RANGE[0]), SATURATION_RANGE[1])
     return AugmentParams(
         quarter_turns=rng.integers(4, size=n),
         mirror=rng.random(n) < 0.5,
-        brightness=rng.uniform(-BRIGHTNESS_MAX, BRIGHTNESS_MAX, n).astype(f32),
-        contrast=rng.uniform(*CONTRAST_RANGE, n).astype(f32),
-        hue=rng.uniform(-HUE_MAX, HUE_MAX, n).astype(f32),
-        saturation=rng.uniform(*SATURATION_RANGE, n).astype(f32),
+        brightness=rng.uniform(-b, b, n).astype(f32),
+        contrast=rng.uniform(*contrast, n).astype(f32),
+        hue=rng.uniform(-h, h, n).astype(f32),
+        saturation=rng.uniform(*saturation, n).astype(f32),
     )
 
 
@@ -194,11 +201,12 @@ def _orthogonal(batch: np.ndarray, quarter_turns: np.ndarray, mirror: np.ndarray
     return out
 
 
-def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random orthogonal rotation/flip and colour jitter per patch; float32 [0,1] out.
+def augment(batch: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """Random orthogonal rotation/flip and colour jitter (``strength`` of the published
+    maxima) per patch; float32 [0,1] out.
 
     ``batch`` is float32 in [0, 1] or uint8 pixels (see :func:`apply_augment`)."""
-    return apply_augment(batch, draw_augment_params(batch.shape[0], rng))
+    return apply_augment(batch, draw_augment_params(batch.shape[0], rng, strength))
 
 
 def to_pixels(x: np.ndarray) -> np.ndarray:
@@ -221,6 +229,7 @@ def prepare_training_batch(
     size: int,
     augment_patches: bool,
     weights: dict[int, float],
+    augment_strength: float = 1.0,
     seed: int | None = None,
     encoding: str = "png",
     pad_value: int = PAD_VALUE,
@@ -236,7 +245,7 @@ def prepare_training_batch(
                        heights=batch.get("height"), widths=batch.get("width"),
                        pad_value=pad_value)
     if augment_patches:
-        x = to_pixels(augment(x, np.random.default_rng(seed)))
+        x = to_pixels(augment(x, np.random.default_rng(seed), augment_strength))
     y = np.asarray(batch["label"], dtype=np.float32)
     w = np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
     return {"x": x, "y": y, "w": w}

@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "INPUT_NAME",
     "check_int",
+    "check_width",
+    "widen",
     "check_rate",
     "OUTPUT_NAME",
     "RESERVED_BUILDER_ARGS",
@@ -245,6 +247,18 @@ def check_rate(model: str, param: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ConfigError(f"{param} for model {model!r} must be a number in [0, 1), got {value!r}")
     return float(value)
+
+
+def check_width(model: str, value: Any) -> float:
+    """Validate a width multiplier (scales a network's filters and units): a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 16:
+        raise ConfigError(f"width for model {model!r} must be a number in (0, 16], got {value!r}")
+    return float(value)
+
+
+def widen(units: int, width: float) -> int:
+    """``units`` scaled by a width multiplier, at least 1."""
+    return max(1, round(units * width))
 
 
 def check_int(model: str, param: str, value: Any, minimum: int) -> int:

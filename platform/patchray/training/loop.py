@@ -71,10 +71,12 @@ class Progress:
             resumes=[*meta.get("resumes", []), {"attempt": attempt, "from_epoch": meta["epoch"]}],
         )
 
-    def meta(self, epoch: int, tf_checkpoint: str, config: dict[str, Any]) -> dict[str, Any]:
+    def meta(self, epoch: int, tf_checkpoint: str, config: dict[str, Any],
+             weights_sha256: str) -> dict[str, Any]:
         """The ``meta.json`` of the checkpoint written after ``epoch``."""
         return {
             "epoch": epoch,
+            "weights_sha256": weights_sha256,  # of model.get_weights() at this checkpoint
             "epochs": config["epochs"],
             "history": self.history,
             "attempt": self.attempt,
@@ -130,8 +132,13 @@ def architecture_mismatch(meta: dict[str, Any], config: dict[str, Any]) -> list[
     ]
 
 
-def _restore(tf_checkpoint: Any, checkpoint: Any, config: dict[str, Any], rank: int) -> Progress:
-    """Load ``checkpoint`` (from ``ray.train.get_checkpoint``) into the model; or start fresh."""
+def _restore(model: Any, tf_checkpoint: Any, checkpoint: Any, config: dict[str, Any],
+             rank: int) -> Progress:
+    """Load ``checkpoint`` (from ``ray.train.get_checkpoint``) into the model; or start fresh.
+
+    The digest of the weights right after restoring is recorded with the resume, so a resumed
+    run shows that it continued from exactly the checkpoint's weights (its ``weights_sha256``).
+    """
     if checkpoint is None:
         return Progress()
     with checkpoint.as_directory() as d:
@@ -143,10 +150,22 @@ def _restore(tf_checkpoint: Any, checkpoint: Any, config: dict[str, Any], rank: 
                              + "; ".join(mismatch))
         tf_checkpoint.restore(os.path.join(d, meta["tf_checkpoint"])).expect_partial()
     progress = Progress.from_meta(meta)
+    # Every rank: reading sync-on-read variables (BatchNorm statistics) is a collective.
+    progress.resumes[-1]["restored_weights_sha256"] = weights_digest(model.get_weights())
     if rank == 0:
-        worker_progress(f"resuming from epoch {progress.start_epoch}/{config['epochs']} "
-                        f"checkpoint (attempt {progress.attempt})")
+        _say(config, f"resuming from epoch {progress.start_epoch}/{config['epochs']} "
+                     f"checkpoint (attempt {progress.attempt})")
     return progress
+
+
+def _say(config: dict[str, Any], message: str) -> None:
+    """A progress line: to the terminal (and log); a tuning trial's only to the log file,
+    labelled (the tuner prints one line per decision instead)."""
+    label = config.get("progress_label")
+    if label:
+        print(f"{label}: {message}", flush=True)
+    else:
+        worker_progress(message)
 
 
 def checkpoint_preprocess(meta: dict[str, Any]) -> Preprocess:
@@ -200,8 +219,9 @@ def _predict_split(
     return np.concatenate(ys), np.concatenate(ps)
 
 
-def _log_epoch(metrics: dict[str, Any], epochs: int) -> None:
-    worker_progress(
+def _log_epoch(config: dict[str, Any], metrics: dict[str, Any], epochs: int) -> None:
+    _say(
+        config,
         f"epoch {metrics['epoch'] + 1}/{epochs}  loss {metrics['loss']:.4f}  "
         f"val_loss {metrics['val_loss']:.4f}  val_auc {metrics['val_auc']:.4f}  "
         f"val_sens {metrics['val_sensitivity']:.3f}  "
@@ -256,10 +276,11 @@ class _EpochReporter:
             metrics["val_seconds"] = time.perf_counter() - t0
             metrics["attempt"] = self.progress.attempt
             self.progress.history.append(metrics)
-            meta = self.progress.meta(metrics["epoch"], os.path.basename(saved), self.config)
+            meta = self.progress.meta(metrics["epoch"], os.path.basename(saved), self.config,
+                                      weights_digest(weights))
             with open(os.path.join(tmp, CHECKPOINT_META), "w") as f:
                 json.dump(meta, f, indent=2)
-            _log_epoch(metrics, self.config["epochs"])
+            _log_epoch(self.config, metrics, self.config["epochs"])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -271,8 +292,12 @@ def _keras_callback(keras: Any, report: _EpochReporter, optimizer: Any) -> Any:
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             report({
                 "epoch": epoch,
+                # Absolute progress for schedulers: Tune's training_iteration restarts at 1
+                # whenever a paused trial resumes, this continues from the checkpoint.
+                "epochs_done": epoch + 1,
                 "loss": float((logs or {}).get("loss", float("nan"))),
                 "train_seconds": time.perf_counter() - self.t0,
+                "finished_at": time.time(),  # wall clock: orders epochs across trials
                 "optimizer_steps": int(optimizer.iterations.numpy()),
             })
 
@@ -306,7 +331,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # model.optimizer, not the Adam passed to compile: under mixed precision it is the
     # LossScaleOptimizer wrapping it, whose loss scale must be checkpointed too.
     tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    progress = _restore(tf_checkpoint, ray.train.get_checkpoint(), config, rank)
+    progress = _restore(model, tf_checkpoint, ray.train.get_checkpoint(), config, rank)
 
     epochs, batch = config["epochs"], config["batch_size"]
     if progress.start_epoch < epochs:

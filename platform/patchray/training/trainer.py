@@ -39,8 +39,10 @@ class TrainingOutcome:
     trained: bool = True  # False: the run was already complete, no worker was started
 
 
-def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "") -> dict[str, Any]:
-    """The plain-dict config every worker receives."""
+def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "", *,
+                progress_label: str = "") -> dict[str, Any]:
+    """The plain-dict config every worker receives. With ``progress_label`` (a tuning
+    trial), epoch lines carry it and go to the log file only, not the terminal."""
     t = cfg.train
     return {
         "model": t.model,
@@ -56,6 +58,7 @@ def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "") -> dict[str, 
         "cache_val": t.cache_val,
         "preprocess": t.preprocess().model_dump(mode="json"),
         "replica_report_uri": replica_report_uri,
+        "progress_label": progress_label,
     }
 
 
@@ -71,8 +74,10 @@ def scaling_config(cfg: TrainJobConfig) -> Any:
     return ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
 
 
-def run_config(cfg: TrainJobConfig, *, storage_root: str, run_name: str) -> Any:
-    """Where the run lives, which checkpoints it keeps (best K by val AUC), how often it retries."""
+def run_config(cfg: TrainJobConfig, *, storage_root: str, run_name: str,
+               callbacks: list[Any] | None = None) -> Any:
+    """Where the run lives, which checkpoints it keeps (best K by val AUC), how often it
+    retries; ``callbacks``: Ray Train callbacks (Tune's report callback in a trial)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     return RunConfig(
@@ -85,11 +90,13 @@ def run_config(cfg: TrainJobConfig, *, storage_root: str, run_name: str) -> Any:
         ),
         failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         worker_runtime_env=runtime.runtime_env(),
+        callbacks=callbacks or None,
     )
 
 
 def build_trainer(
-    cfg: TrainJobConfig, *, dataset: PatchDataset, storage_root: str, run_name: str
+    cfg: TrainJobConfig, *, dataset: PatchDataset, storage_root: str, run_name: str,
+    callbacks: list[Any] | None = None, progress_label: str = "",
 ) -> Any:
     """A ready-to-``fit`` TensorflowTrainer over the train/val splits of ``dataset``."""
     ensure_legacy_keras_env()  # ray.train.tensorflow imports TensorFlow
@@ -103,6 +110,7 @@ def build_trainer(
             "train",
             preprocess=preprocess,
             augment=cfg.data.augment,
+            augment_strength=cfg.data.augment_strength,
             weighting=cfg.data.class_weighting,
             val_holdout=cfg.data.val_holdout,
         ),
@@ -111,12 +119,14 @@ def build_trainer(
     }
     return TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, storage.join(storage_root, run_name, "replicas")),
+        train_loop_config=loop_config(cfg, storage.join(storage_root, run_name, "replicas"),
+                                      progress_label=progress_label),
         scaling_config=scaling_config(cfg),
         datasets=datasets,
         # Only train is sharded; every worker sees all of val (rank 0 scores it).
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=run_config(cfg, storage_root=storage_root, run_name=run_name),
+        run_config=run_config(cfg, storage_root=storage_root, run_name=run_name,
+                              callbacks=callbacks),
     )
 
 
@@ -140,7 +150,8 @@ def previous_result(storage_root: str, run_name: str) -> Any | None:
     return result if result.checkpoint is not None else None
 
 
-def _read_meta(checkpoint: Any) -> dict[str, Any]:
+def read_meta(checkpoint: Any) -> dict[str, Any]:
+    """The ``meta.json`` of a Ray Train checkpoint (epoch, history, resumes, ...)."""
     with checkpoint.as_directory() as d:
         return json.loads((Path(d) / CHECKPOINT_META).read_text())
 
@@ -163,7 +174,7 @@ def run_training(
     """
     epochs_before, result = 0, previous_result(storage_root, run_name)
     if result is not None:
-        latest = _read_meta(result.checkpoint)
+        latest = read_meta(result.checkpoint)
         mismatch = architecture_mismatch(latest, loop_config(cfg))
         if mismatch:
             raise ConfigError(
@@ -222,7 +233,7 @@ def outcome_from_result(
     meta = json.loads((target / CHECKPOINT_META).read_text())
     best_metrics = next(m for m in meta["history"] if m["epoch"] == meta["epoch"])
     # The latest checkpoint's history covers every epoch so far (the best one's may stop early).
-    history = _read_meta(result.checkpoint)["history"] if result.checkpoint else meta["history"]
+    history = read_meta(result.checkpoint)["history"] if result.checkpoint else meta["history"]
     return TrainingOutcome(
         best_checkpoint_dir=str(target),
         best_metrics=best_metrics,

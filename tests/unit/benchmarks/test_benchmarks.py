@@ -124,3 +124,16 @@ def test_consumer_and_keras_baseline_cores_train_a_tiny_model():
                          epochs=2, threads=None)
     assert [e["epoch"] for e in fit["epochs"]] == [1, 2]
     assert fit["images_per_s"] == pytest.approx(fit["epochs"][1]["images_per_s"])
+
+
+def test_tune_benchmark_counts_epochs_until_the_best_report_across_trials():
+    from patchray.benchmarks.tune import epochs_until_best
+    from patchray.tuning.results import TrialRecord
+
+    def rec(tid, pairs):
+        return TrialRecord(tid, {}, [{"epoch": i, "val_auc": a, "finished_at": t}
+                                     for i, (a, t) in enumerate(pairs)], 0, "")
+    records = [rec("a", [(0.7, 1.0), (0.9, 4.0), (0.8, 6.0)]), rec("b", [(0.6, 2.0), (0.9, 5.0)])]
+    # The first report of the best AUC (0.9, at t=4) came after 3 epochs in all.
+    assert epochs_until_best(records) == 3
+    assert epochs_until_best([]) == 0

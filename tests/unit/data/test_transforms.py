@@ -125,3 +125,21 @@ def test_prepare_training_batch_reads_raw_records_with_their_native_size():
     assert out["x"].dtype == np.uint8  # normalised by the training worker, not in Ray Data
     np.testing.assert_array_equal(out["x"][0, 0, 0], [200] * 3)
     np.testing.assert_array_equal(out["x"][0, 40, 0], [255] * 3)  # padded white below the edge
+
+
+def test_augment_strength_scales_the_colour_jitter_and_keeps_the_default_draws():
+    rng = lambda: np.random.default_rng(11)  # noqa: E731
+    full, default = draw_augment_params(64, rng(), 1.0), draw_augment_params(64, rng())
+    assert all(np.array_equal(getattr(full, f), getattr(default, f))
+               for f in ("quarter_turns", "mirror", "brightness", "contrast", "hue", "saturation"))
+    half = draw_augment_params(64, rng(), 0.5)
+    assert np.abs(half.brightness).max() <= BRIGHTNESS_MAX / 2 and half.contrast.min() >= 0.75
+    # Strength 0: rotations and flips only, no colour change at all.
+    x = np.random.default_rng(3).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    none = draw_augment_params(16, rng(), 0.0)
+    out = apply_augment(x, none)
+    moved = np.stack([np.rot90(p, k=k)[:, ::-1] if m else np.rot90(p, k=k)
+                      for p, k, m in zip(x, none.quarter_turns, none.mirror)])
+    assert np.allclose(out, moved / 255.0, atol=1e-6)
+    with pytest.raises(ValueError, match="strength"):
+        draw_augment_params(4, rng(), 1.5)

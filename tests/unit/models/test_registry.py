@@ -82,7 +82,7 @@ def test_model_info() -> None:
         "weights": None, "mode": "full", "finetune_layers": 20, "dropout": 0.2
     }
     assert get_model_info("cnn6").hyperparameters() == {
-        "dropout": 0.3, "dense_dropout": 0.5, "bn_momentum": 0.9
+        "dropout": 0.3, "dense_dropout": 0.5, "bn_momentum": 0.9, "width": 1.0
     }
     assert get_model_info("wideresnet").hyperparameters() == {
         "depth": 16, "width": 4, "dropout": 0.0
@@ -98,8 +98,8 @@ def test_unknown_kwarg_is_rejected_with_accepted_names() -> None:
         create_model("cnn6", dropuot=0.1)
     msg = str(exc.value)
     assert "'dropuot'" in msg and "dropout" in msg and "dense_dropout" in msg
-    with pytest.raises(ConfigError, match=r"accepted keyword arguments: \(none\)"):
-        create_model("cnn2", dropout=0.1)
+    with pytest.raises(ConfigError, match=r"accepted keyword arguments: width, dropout"):
+        create_model("cnn2", dense_dropout=0.1)
     with pytest.raises(ConfigError, match="weights, mode, finetune_layers, dropout"):
         create_model("mobilenet_v2", pretrained=True)
     with pytest.raises(ConfigError, match="'depth'"):  # aliases fix the architecture
@@ -338,3 +338,16 @@ def test_describe_models() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Large ImageNet applications (slower: a few seconds each to build on CPU).
+
+
+def test_width_multiplier_and_dropout_are_tunable_on_the_small_cnns() -> None:
+    from patchray.errors import ConfigError
+
+    base = create_model("cnn2", input_size=32)
+    wide = create_model("cnn2", input_size=32, width=2.0, dropout=0.3)
+    assert base.get_layer("conv1").filters == 32 and wide.get_layer("conv1").filters == 64
+    assert wide.get_layer("fc").units == 512 and wide.get_layer("fc_dropout").rate == 0.3
+    assert create_model("cnn6", input_size=32, width=0.5).get_layer("conv1").filters == 16
+    assert create_model("tiny", input_size=16, width=0.25).get_layer("conv").filters == 1
+    with pytest.raises(ConfigError, match="width"):
+        create_model("cnn2", input_size=32, width=0)

@@ -58,13 +58,13 @@ def test_resumed_progress_keeps_history_and_counts_attempts():
     config = loop_config(load_config(overrides=["train.epochs=4"]))
     first = Progress()
     first.history += [{"epoch": 0, "attempt": 1}, {"epoch": 1, "attempt": 1}]
-    meta = first.meta(1, "ckpt", config)
+    meta = first.meta(1, "ckpt", config, "a" * 64)
     assert meta["attempt"] == 1 and meta["resumed_from_epoch"] is None and meta["epochs"] == 4
 
     second = Progress.from_meta(meta)
     assert second.start_epoch == 2 and second.attempt == 2
     assert second.history == meta["history"] and second.history is not meta["history"]
-    meta2 = second.meta(3, "ckpt", config)
+    meta2 = second.meta(3, "ckpt", config, "b" * 64)
     assert meta2["resumed_from_epoch"] == 1
     assert meta2["resumes"] == [{"attempt": 2, "from_epoch": 1}]
     third = Progress.from_meta(meta2)
@@ -73,7 +73,7 @@ def test_resumed_progress_keeps_history_and_counts_attempts():
 
 def test_checkpoint_resumes_only_into_the_same_network():
     config = loop_config(load_config(overrides=["train.model=cnn6"]))
-    meta = Progress().meta(0, "ckpt", config)
+    meta = Progress().meta(0, "ckpt", config, "c" * 64)
     assert set(ARCHITECTURE_KEYS) <= set(meta)
     assert architecture_mismatch(meta, config) == []
     # Batch size, learning rate and worker count may change between attempts...
