@@ -324,6 +324,13 @@ class TuneJobConfig(TrainJobConfig):
 
         space = self.tune.space
         models = space.model.values() if space.model else [self.train.model]
+        for name in models:  # the spec's own model_args go to every model the search picks
+            params = get_model_info(str(name)).hyperparameters()
+            extra = sorted(set(self.train.model_args) - set(params))
+            if extra:
+                raise ValueError(f"train.model_args {extra} are not hyperparameters of model "
+                                 f"{name!r} in tune.space.model (it takes: "
+                                 f"{', '.join(params) or 'none'})")
         for key in ("dropout", "width"):
             if getattr(space, key) is None:
                 continue

@@ -48,6 +48,9 @@ def test_searched_model_arguments_must_exist_for_every_model_choice():
     with pytest.raises(ConfigError, match="whole number"):
         tune_cfg("train.model=wideresnet", "tune.space.width={choice: [0.5, 1]}")
     assert tune_cfg("train.model=wideresnet", "tune.space.width={choice: [2, 4]}")
+    with pytest.raises(ConfigError, match=r"\['dense_dropout'\] are not hyperparameters of model 'cnn2'"):
+        tune_cfg("train.model=cnn6", "train.model_args={dense_dropout: 0.4}",
+                 "tune.space.model={choice: [cnn2, cnn6]}")
 
 
 def test_a_train_spec_may_not_carry_a_tune_section():
