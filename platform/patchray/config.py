@@ -403,18 +403,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [p for p in key.strip().split(".")], value
 
 
+def set_path(data: dict[str, Any], path: list[str], value: Any, *, what: str) -> None:
+    """Set ``data[path[0]][path[1]]... = value`` in place, making missing sections;
+    ``what`` names the change in the error when a section on the way is a value."""
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: '{part}' is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``key.path=value`` override set."""
     result = yaml.safe_load(yaml.safe_dump(data)) or {}
     for text in overrides:
         path, value = parse_override(text)
-        node = result
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        set_path(result, path, value, what=f"override {text!r}")
     return result
 
 

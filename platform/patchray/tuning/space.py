@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from patchray.config import SEARCH_KEYS, Distribution, SearchSpace, TrainJobConfig
+from patchray.config import SEARCH_KEYS, Distribution, SearchSpace, TrainJobConfig, set_path
 
 
 def tune_distribution(dist: Distribution) -> Any:
@@ -28,13 +28,8 @@ def trial_config(base: TrainJobConfig, params: dict[str, Any], *, epochs: int,
     ``num_workers`` workers. Validated again: a sampled point is a config like any other."""
     data = base.model_dump(mode="json", exclude={"tune"})
     for key, value in params.items():
-        if key not in SEARCH_KEYS:
-            continue  # keys Tune adds itself
-        *parents, leaf = SEARCH_KEYS[key][0].split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        if key in SEARCH_KEYS:  # not the keys Tune adds itself
+            set_path(data, SEARCH_KEYS[key][0].split("."), value, what=f"tune.space.{key}")
     data["train"]["epochs"] = epochs
     data["train"]["num_workers"] = num_workers
     return TrainJobConfig.model_validate(data)

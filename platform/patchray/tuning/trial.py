@@ -41,12 +41,10 @@ def recorded_outcome(trials_root: str, trial_id: str) -> dict[str, Any] | None:
     return storage.read_json(uri) if storage.exists(uri) else None
 
 
-def final_report(result: Any) -> dict[str, Any]:
-    """The metrics a trial reports once its trainer returns: its last epoch's, plus its best
-    val AUC so far (a restored experiment reads these for trials that had finished)."""
-    from patchray.training.trainer import read_meta
-
-    meta = read_meta(result.checkpoint)
+def final_report(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a trial reports once its trainer returns, from its latest checkpoint's
+    ``meta``: its last epoch's, plus its best val AUC so far (a restored experiment reads
+    these for trials that had finished)."""
     history = meta["history"]
     last = dict(history[-1])
     best = max(h[METRIC] for h in history)
@@ -67,11 +65,12 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], dataset: PatchDat
                        num_workers=workers)
     name = trial_run_name(trial_id)
     result = previous_result(trials_root, name)
-    ended = result is not None and recorded_outcome(trials_root, trial_id) is not None
-    if not ended and (result is None or read_meta(result.checkpoint)["epoch"] + 1 < epochs):
+    meta = read_meta(result.checkpoint) if result is not None else None
+    ended = meta is not None and recorded_outcome(trials_root, trial_id) is not None
+    if not ended and (meta is None or meta["epoch"] + 1 < epochs):
         trainer = build_trainer(cfg, dataset=dataset, storage_root=trials_root, run_name=name,
                                 callbacks=[TuneReportCallback()], progress_label=trial_id)
-        result = fit(trainer, dataset.root, storage.join(trials_root, name))
+        meta = read_meta(fit(trainer, dataset.root, storage.join(trials_root, name)).checkpoint)
     # Also when the trainer had nothing left to train (a restored experiment): Tune then
     # sees this trial's real final result, not the stale one from before the restart.
-    tune.report(final_report(result))
+    tune.report(final_report(meta))

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from patchray import runtime, storage
 from patchray.config import TrainJobConfig, TuneJobConfig, dump_config
