@@ -5,7 +5,7 @@ Run it with the Serve config beside this file (from the repository root)::
     serve run serve/config.yaml                       # local Ray
     serve deploy serve/config.yaml --address http://<head>:8265   # a running cluster
 
-or without a config: ``patchray serve runs/<run>/model/<name>/<version>``.
+or without a config: ``patchray serve NAME@ALIAS`` (a registry reference) or a version folder.
 The deployment logic lives in :mod:`patchray.serving.deployment`; this is only the builder
 Serve's ``import_path`` points at. Its ``args`` are :class:`patchray.config.ServeAppArgs`
 (the same model as a job spec's ``serve:`` section) plus ``model_dir``.

@@ -3,8 +3,11 @@
     patchray demo [--config jobs/demo.yaml] [--set train.epochs=3 ...] [--keep-serving]
     patchray train --config jobs/idc.yaml [--set data.root=s3://bucket/idc ...]
     patchray tune --config jobs/tune-demo.yaml [--then-train]
-    patchray serve MODEL_DIR [--port 8000]
+    patchray serve NAME[@VERSION|@ALIAS] | DIR [--precision auto] [--port 8000]
+    patchray registry [--registry URI] list | show REF | promote NAME V --to ALIAS |
+                      rollback NAME --alias ALIAS | verify REF
     patchray models [PATTERN]
+    patchray bench infer [--quick] [--out runs/bench]
     patchray ingest idc|pcam|folder SRC --out URI [--encoding png|raw] [--split-map P=train,...]
     patchray dataset show URI [--out sheet.png]
     patchray dataset validate URI
@@ -92,24 +95,143 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_model_dir(target: str, registry_root: str | None, runs_root: str) -> Path:
+    """``patchray serve``'s argument: a version folder (with card.json) or a registry
+    reference ``NAME[@VERSION|@ALIAS]``, fetched to a local folder."""
+    from patchray.registry.card import CARD_JSON
+    from patchray.registry.store import ModelRegistry, default_root
+
+    if (Path(target) / CARD_JSON).is_file():
+        return Path(target).resolve()
+    registry = ModelRegistry(registry_root or default_root(runs_root))
+    return registry.local_dir(registry.resolve(target))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from patchray import runtime
     from patchray.config import ServeJobConfig, load_config
     from patchray.serving.launch import start_service
 
-    cfg = load_config(args.config, args.overrides + [f"serve.port={args.port}"],
-                      model=ServeJobConfig)
-    model_dir = Path(args.model_dir).resolve()
+    overrides = [f"serve.port={args.port}"]
+    if args.precision:
+        overrides.append(f"serve.precision={args.precision}")
+    cfg = load_config(args.config, args.overrides + overrides, model=ServeJobConfig)
     with RunOutput(Path(cfg.runs_root).resolve() / "serve" / "logs" / LOG_NAME,
                    verbose=args.verbose):
+        model_dir = resolve_model_dir(args.model, args.registry, cfg.runs_root)
         runtime.init_ray(cfg.ray, metrics_port=cfg.serve.metrics_port)
         url = start_service(cfg.serve, model_dir)
         _wait_for_interrupt(
-            f"serving {model_dir} at {url}/v1/predict; metrics on "
+            f"serving {args.model} ({model_dir}) at {url}/v1/predict; metrics on "
             f"http://127.0.0.1:{cfg.serve.metrics_port}/metrics; Ctrl-C to stop"
         )
         runtime.shutdown(serve=True)
     return 0
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from patchray.registry.store import ModelRegistry, default_root
+
+    return ModelRegistry(args.registry or default_root())
+
+
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    names = registry.names()
+    if not names:
+        print(f"{registry.root}: no models registered")
+        return 0
+    print(f"{'model':<28} {'versions':<12} {'latest':>6}  {'serving':<7} aliases")
+    for name in names:
+        versions = registry.versions(name)
+        latest = registry.card(name, versions[-1])
+        aliases = ", ".join(f"{a}={r.version}" for a, r in sorted(registry.aliases(name).items()))
+        shown = ",".join(map(str, versions[-5:])) + (",..." if len(versions) > 5 else "")
+        print(f"{name:<28} {shown:<12} {versions[-1]:>6}  {latest.serving_precision:<7} "
+              f"{aliases or '-'}")
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    card = registry.resolve(args.ref)
+    if args.json:
+        print(card.model_dump_json(indent=2))
+        return 0
+    aliases = [a for a, r in registry.aliases(card.name).items() if r.version == card.version]
+    print(f"{card.ref}  ({', '.join(aliases) or 'no alias'})  {registry.uri(card.name, card.version)}")
+    print(f"  {card.architecture} on {card.dataset}; created {card.created}; code "
+          f"{card.code_revision}; input {card.input.size}px")
+    for e in card.evidence:
+        print(f"  {e.split}: {len(e.patients)} patients, {e.patches} patches")
+    print(f"  {'precision':<9} {'val AUC':>8} {'drop':>8} {'threshold':>9} {'test AUC':>8} "
+          f"{'sens':>6} {'spec':>6} {'img/s':>7}  gate")
+    for name, r in card.precisions.items():
+        if not r.available:
+            print(f"  {name:<9} not available: {r.reason}")
+            continue
+        mark = "pass" + (" (serving default)" if name == card.serving_precision else "") \
+            if r.passed else f"FAIL: {r.reason}"
+        print(f"  {name:<9} {r.val_auc:>8.4f} {r.auc_drop:>+8.4f} {r.threshold:>9.4f} "
+              f"{r.test.get('auc') or float('nan'):>8.4f} "
+              f"{r.test.get('sensitivity') or float('nan'):>6.3f} "
+              f"{r.test.get('specificity') or float('nan'):>6.3f} {r.images_per_s or 0:>7.0f}"
+              f"  {mark}")
+    for limit in card.limitations:
+        print(f"  limit: {limit}")
+    return 0
+
+
+def cmd_registry_promote(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    before = registry.alias(args.name, args.to)
+    record = registry.promote(args.name, args.version, args.to)
+    print(f"{args.name}@{args.to}: {before.version if before else '(new)'} -> {record.version}")
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    before = registry.alias(args.name, args.alias)
+    record = registry.rollback(args.name, args.alias)
+    print(f"{args.name}@{args.alias}: {before.version if before else '-'} -> {record.version} "
+          "(rolled back)")
+    return 0
+
+
+def cmd_registry_verify(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    card = registry.resolve(args.ref)
+    files = registry.verify(card.name, card.version)
+    print(f"{card.ref}: ok: {len(files)} files match the sha256 in its card")
+    return 0
+
+
+def _add_registry_commands(sub: Any) -> None:
+    reg = sub.add_parser("registry", help="registered models: list, show, promote, rollback, "
+                                          "verify")
+    reg.add_argument("--registry", metavar="URI",
+                     help="registry root, local path or s3://bucket/prefix (default "
+                          "$PATCHRAY_REGISTRY, else ./registry)")
+    rsub = reg.add_subparsers(dest="registry_command", required=True)
+    ls = rsub.add_parser("list", help="every model, its versions and aliases")
+    ls.set_defaults(func=cmd_registry_list)
+    show = rsub.add_parser("show", help="a version's card: precisions, thresholds, metrics")
+    show.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
+    show.add_argument("--json", action="store_true", help="print card.json")
+    show.set_defaults(func=cmd_registry_show)
+    promote = rsub.add_parser("promote", help="point an alias at a version (verified first)")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--to", required=True, metavar="ALIAS", help="e.g. production")
+    promote.set_defaults(func=cmd_registry_promote)
+    rollback = rsub.add_parser("rollback", help="point an alias back at its previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("--alias", required=True)
+    rollback.set_defaults(func=cmd_registry_rollback)
+    verify = rsub.add_parser("verify", help="check every file's sha256 against the card")
+    verify.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
+    verify.set_defaults(func=cmd_registry_verify)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -121,6 +243,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{r['name']:<20} {r['family']:<12} {r['default_input_size']:>5} "
               f"{r['min_input_size']:>4} {r['params']:>12,}  {r['description']}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from patchray.benchmarks.__main__ import main as bench_main
+
+    return bench_main([args.name, *args.bench_args])
 
 
 RUN_COMMANDS = ("demo", "train", "tune", "serve")  # start Ray: their output goes through RunOutput
@@ -232,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train, export and evaluate on an ingested dataset",
         description="Train in <runs_root>/<name>, then export and evaluate the best checkpoint "
                     "(by val AUC). Running the same name again resumes after its latest "
-                    "checkpoint; a finished run is only re-exported and re-evaluated.",
+                    "checkpoint; a finished run answers with the model it registered.",
     )
     _config_args(train)
     train.set_defaults(func=cmd_train)
@@ -251,8 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "evaluate it like `patchray train`")
     tune.set_defaults(func=cmd_tune)
 
-    srv = sub.add_parser("serve", help="serve an exported model with Ray Serve")
-    srv.add_argument("model_dir", help="folder with model.xml and metadata.json")
+    srv = sub.add_parser("serve", help="serve a registered model with Ray Serve")
+    srv.add_argument("model", metavar="NAME[@VERSION|@ALIAS] | DIR",
+                     help="a registry reference, or a version folder holding card.json")
+    srv.add_argument("--registry", metavar="URI", help="registry root (default "
+                     "$PATCHRAY_REGISTRY, else registry/ beside runs_root)")
+    srv.add_argument("--precision", choices=["auto", "f32", "bf16", "int8"],
+                     help="default auto: the fastest precision that passed its gate")
     srv.add_argument("--port", type=int, default=8000)
     _config_args(srv)
     srv.set_defaults(func=cmd_serve)
@@ -261,7 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*")
     models.set_defaults(func=cmd_models)
 
+    bench = sub.add_parser("bench", help="benchmarks (python -m patchray.benchmarks)",
+                           description="Run a benchmark: ratios measured side by side. "
+                                       "Options after the name go to the benchmark runner "
+                                       "(--out DIR, --quick, --size N).")
+    bench.add_argument("name", help="infer, training, tune, ingest, decode, augment, reader, "
+                                    "memory or all")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+
     _add_data_commands(sub)
+    _add_registry_commands(sub)
     return parser
 
 

@@ -133,8 +133,44 @@ class EvalConfig(_Strict):
 
 class ExportConfig(_Strict):
     name: str = ""  # default: <model>-<dataset>
-    version: str = "1"
     parity_atol: float = Field(1e-4, gt=0)
+    precisions: list[Literal["f32", "bf16", "int8"]] = Field(
+        default_factory=lambda: ["f32", "bf16", "int8"],
+        description="Measured on validation and recorded in the card; f32 is the reference")
+    int8_max_auc_drop: float = Field(
+        0.005, ge=0, description="INT8 is not registered when its val AUC is further below f32's")
+    bf16_max_auc_drop: float = Field(0.005, ge=0, description="The same gate for bf16")
+    int8_calibration_patches: int = Field(300, ge=16, description="From the training split")
+    int8_accuracy_control: bool = Field(
+        False, description="nncf.quantize_with_accuracy_control: keep layers in f32 until the "
+        "val AUC drop is inside int8_max_auc_drop (slower export)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_version(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "version" in data:
+            raise ValueError("export.version is gone: the model registry assigns versions "
+                             "(monotonic, never reused); remove the key")
+        return data
+
+    @field_validator("precisions")
+    @classmethod
+    def _f32_is_the_reference(cls, v: list[str]) -> list[str]:
+        if "f32" not in v:
+            raise ValueError(f"export.precisions must include f32 (the reference the others "
+                             f"are gated against), got {v}")
+        return list(dict.fromkeys(v))
+
+
+class RegistryConfig(_Strict):
+    """Where ``patchray train`` registers its model, and what the card says about use."""
+
+    root: str = Field("", description="Local path or s3://; default $PATCHRAY_REGISTRY, else "
+                      "registry/ beside runs_root")
+    alias: str = Field("", description="Point this alias (e.g. staging) at the new version")
+    intended_use: str = Field("", description="Replaces the card's default intended-use text")
+    limitations: list[str] = Field(default_factory=list,
+                                   description="Added to the card's generated limits")
 
 
 class ServeAppArgs(_Strict):
@@ -147,6 +183,8 @@ class ServeAppArgs(_Strict):
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8, gt=0)
     replica_cpus: float = Field(0.5, gt=0)
+    precision: Literal["auto", "f32", "bf16", "int8"] = Field(
+        "auto", description="auto: the fastest precision that passed its gate (the card's)")
 
 
 class ServeConfig(ServeAppArgs):
@@ -181,6 +219,7 @@ class TrainJobConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
+    registry: RegistryConfig = RegistryConfig()
     ray: RayConfig = RayConfig()
 
 

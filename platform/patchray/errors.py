@@ -31,7 +31,7 @@ class UnknownModelError(PatchrayError, KeyError):
 
 
 class ArtifactError(PatchrayError):
-    """An exported model artifact is missing files or has invalid metadata."""
+    """A model folder is missing files or has an invalid model card."""
 
 
 class ParityError(ArtifactError):
@@ -52,3 +52,11 @@ class StorageError(PatchrayError):
 
 class NotFoundError(StorageError):
     """The object or file at a URI does not exist (its bucket does)."""
+
+
+class RegistryError(PatchrayError):
+    """A model reference, version or alias does not exist or cannot move as asked."""
+
+
+class IntegrityError(ArtifactError):
+    """A registered model's files do not match the sha256 its card recorded."""

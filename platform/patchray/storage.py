@@ -305,6 +305,131 @@ def _get_object(path: str) -> bytes:
         raise OSError(f"{type(e).__name__}: {e}") from e
 
 
+# --------------------------------------------------------------------------- conditional writes
+# pyarrow has no conditional PUT, so these two use botocore (already here for s3fs) on S3,
+# and O_EXCL / an flock'd read-modify-write on local disks.
+
+PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+@functools.lru_cache(maxsize=8)
+def _botocore_client(s: S3Settings) -> Any:
+    import botocore.session
+
+    return botocore.session.Session().create_client(
+        "s3", endpoint_url=s.endpoint, region_name=s.region, aws_access_key_id=s.access_key,
+        aws_secret_access_key=s.secret_key, aws_session_token=s.session_token)
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def _is_precondition_failure(e: Exception) -> bool:
+    code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+    return code in PRECONDITION_CODES
+
+
+def _s3_call(uri: str, action: str, fn: Any, **kwargs: Any) -> Any:
+    """One botocore call, its errors worded like pyarrow's (missing bucket, credentials)."""
+    try:
+        return fn(**kwargs)
+    except Exception as e:
+        if _is_precondition_failure(e):
+            raise
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            raise NotFoundError(f"cannot {action} {uri}: not found") from e
+        raise _diagnose(OSError(f"{code or type(e).__name__}: {e}"), uri, action) from e
+
+
+def create_object(uri: str, data: bytes) -> bool:
+    """Write ``uri`` only if nothing is there yet; return whether this call created it.
+
+    Exactly one of several racing writers wins: ``If-None-Match: *`` on S3, ``O_EXCL`` on a
+    local disk (the loser sees False and the winner's content stays)."""
+    if is_remote(uri):
+        bucket, key = _bucket_key(uri)
+        client = _botocore_client(s3_settings())
+        try:
+            _s3_call(uri, "create", client.put_object, Bucket=bucket, Key=key, Body=data,
+                     IfNoneMatch="*")
+        except Exception as e:
+            if _is_precondition_failure(e):
+                return False
+            raise
+        return True
+    path = resolve(uri)[1]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise StorageError(f"cannot create {uri}: {e}") from e
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def update_object(uri: str, change: Any, *, attempts: int = 50) -> bytes:
+    """Read-modify-write ``uri`` without losing a concurrent update: ``change(old or None)
+    -> new bytes``; the new object replaces the old in one atomic write.
+
+    S3: the write is conditional on the ETag read (``If-Match``, or ``If-None-Match: *`` for
+    a new object) and retried on conflict. Local: an exclusive ``flock`` on ``<file>.lock``
+    serialises writers; readers never lock (they see the old or the new file, by rename)."""
+    if is_remote(uri):
+        bucket, key = _bucket_key(uri)
+        client = _botocore_client(s3_settings())
+        for _ in range(attempts):
+            try:
+                got = _s3_call(uri, "read", client.get_object, Bucket=bucket, Key=key)
+                old, condition = got["Body"].read(), {"IfMatch": got["ETag"]}
+            except NotFoundError:
+                old, condition = None, {"IfNoneMatch": "*"}
+            new = change(old)
+            try:
+                _s3_call(uri, "write", client.put_object, Bucket=bucket, Key=key, Body=new,
+                         **condition)
+                return new
+            except Exception as e:
+                if not _is_precondition_failure(e):
+                    raise
+        raise StorageError(f"cannot update {uri}: {attempts} concurrent writers won in a row")
+    import fcntl
+
+    path = resolve(uri)[1]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = Path(path).read_bytes() if os.path.exists(path) else None
+        new = change(old)
+        write_bytes(uri, new)
+        return new
+
+
+def sha256(uri: str) -> str:
+    """sha256 of the object at ``uri``, streamed (models can be large)."""
+    import hashlib
+
+    fs, path = resolve(uri)
+    digest = hashlib.sha256()
+    with _translated(fs, uri, "read"), fs.open_input_stream(path) as f:
+        while chunk := f.read(COPY_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(uri: str) -> str:
+    """A short, stable folder name for a remote location (its endpoint included)."""
+    import hashlib
+
+    where = f"{s3_settings().endpoint or 'aws'}|{uri}" if is_remote(uri) else uri
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
 def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
 

@@ -239,10 +239,14 @@ def test_patchray_train_reads_the_manifest_once(ray_cluster, s3_server, s3_datas
         cfg = load_config(model=TrainJobConfig, overrides=[
             "name=manifest-reads", "dataset=s3-test", f"runs_root={tmp_path}",
             f"data.root={uri}", "train.model=tiny", "train.epochs=1", "train.batch_size=16",
-            "data.augment=false"])
+            "data.augment=false", f"registry.root={s3_server.uri('registry')}"])
         result = run_train_job(cfg, shutdown=False)
     finally:
         proxy.close()
-    assert (result.model_dir / "metadata.json").is_file()
+    # Registered in the S3 registry, then fetched (and verified) to a local folder.
+    assert result.registry == s3_server.uri("registry")
+    assert storage.exists(f"{result.registry}/models/{result.card.name}/{result.card.version}"
+                          "/card.json")
+    assert (result.model_dir / "card.json").is_file() and (result.model_dir / "model.xml").is_file()
     assert any(path.endswith(".parquet") for _, path in proxy.requests)  # it did go through
     assert proxy.count("manifest.json") == {"GET": 1}, proxy.requests

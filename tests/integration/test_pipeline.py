@@ -26,9 +26,14 @@ def test_run_directory_holds_every_stage_output(demo_run):
     for rel in ["config.yaml", "data/manifest.json", "best_checkpoint/meta.json",
                 "report/metrics.json", "report/test_roc.png", "report/test_pr.png",
                 "report/test_confusion.png", "report/learning_curves.png",
-                "demo_predictions.json", "timings.json"]:
+                "demo_predictions.json", "timings.json", "model.json"]:
         assert (run / rel).is_file(), rel
-    assert (demo_run.model_dir / "model.xml").is_file() and (demo_run.model_dir / "metadata.json").is_file()
+    # The model lives in the registry; the run keeps a pointer to it.
+    pointer = json.loads((run / "model.json").read_text())
+    assert demo_run.model_dir.parts[-3:] == ("models", pointer["name"], str(pointer["version"]))
+    for name in ("model.xml", "model.bin", "card.json", "card.md"):
+        assert (demo_run.model_dir / name).is_file(), name
+    assert not (run / "export").exists()  # the build folder is gone once registered
 
 
 def test_training_reports_every_epoch_and_test_metrics(demo_run):
@@ -50,9 +55,30 @@ def test_gradients_are_all_reduced_so_replicas_end_identical(demo_run):
 
 
 def test_openvino_matches_keras(demo_run):
-    meta = json.loads((demo_run.model_dir / "metadata.json").read_text())
+    meta = json.loads((demo_run.model_dir / "card.json").read_text())
     assert meta["parity"]["keras_vs_openvino_max_abs_diff"] < 1e-4
     assert meta["input"]["size"] == 50 and meta["input"]["scale"] == pytest.approx(1 / 255)
+
+
+def test_every_precision_is_measured_and_gated_on_validation(demo_run):
+    from patchray.registry.card import read_card
+
+    card = read_card(demo_run.model_dir)
+    assert set(card.precisions) == {"f32", "bf16", "int8"}
+    f32 = card.precisions["f32"]
+    assert f32.val_auc == pytest.approx(demo_run.metrics["val"]["auc"])
+    assert f32.threshold == pytest.approx(demo_run.metrics["threshold"]["value"])
+    for name, r in card.precisions.items():
+        if not r.available:
+            continue
+        assert r.images_per_s > 0 and r.threshold is not None, name
+        assert r.passed == (r.auc_drop <= (r.max_auc_drop or 0.0)), name
+        # What failed its gate is not registered; what passed is there.
+        assert (demo_run.model_dir / r.file).is_file() == (r.passed or r.file == f32.file), name
+    served = card.precisions[card.serving_precision]
+    assert served.passed
+    assert served.images_per_s == max(r.images_per_s for r in card.precisions.values()
+                                      if r.passed)
 
 
 def test_served_answers_match_direct_openvino_inference(demo_run):
@@ -61,7 +87,7 @@ def test_served_answers_match_direct_openvino_inference(demo_run):
 
     rows = demo_run.predictions
     assert len(rows) == 8
-    predictor = PatchPredictor.from_artifact(demo_run.model_dir)
+    predictor = PatchPredictor.from_card(demo_run.model_dir)  # the precision served
     dataset = PatchDataset.open(str(demo_run.run_dir / "data"))
     test_rows = dataset.sample_rows("test", 10_000, as_png=True)
     lookup = {(r["patient_id"], r["x"], r["y"]): r["image"] for r in test_rows}
@@ -71,7 +97,9 @@ def test_served_answers_match_direct_openvino_inference(demo_run):
     for a in rows:
         assert a["label"] == int(a["probability"] >= a["threshold"])
         assert a["label_name"] == ("tumour" if a["label"] else "benign")
-        assert a["model_version"] == "1"
+        assert a["model_version"] == str(predictor.card.version)
+        assert a["precision"] == predictor.card.serving_precision
+        assert a["threshold"] == predictor.card.threshold("auto")
 
 
 def test_http_accepts_jpeg_and_edge_patches(demo_run):
@@ -98,9 +126,11 @@ def test_http_rejects_bad_input_with_a_clear_message(demo_run):
 def test_health_and_model_endpoints(demo_run):
     r = requests.get(f"{demo_run.service_url}/healthz", timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "ok"
-    meta = requests.get(f"{demo_run.service_url}/v1/model", timeout=30).json()
-    assert meta["threshold"] == pytest.approx(demo_run.metrics["threshold"]["value"])
-    assert meta["metrics"]["test"]["auc"] == pytest.approx(demo_run.metrics["test"]["auc"])
+    card = requests.get(f"{demo_run.service_url}/v1/model", timeout=30).json()
+    assert card["precisions"]["f32"]["threshold"] == pytest.approx(
+        demo_run.metrics["threshold"]["value"])
+    assert card["metrics"]["test"]["auc"] == pytest.approx(demo_run.metrics["test"]["auc"])
+    assert card["files"] and card["version"] >= 1
 
 
 def test_prometheus_endpoint_exports_prediction_counters(demo_run, metrics_port):

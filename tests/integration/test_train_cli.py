@@ -128,7 +128,21 @@ def test_killed_driver_resumes_from_its_last_checkpoint_when_rerun(tiny_dataset,
         1 if h["epoch"] < resumed_after else 2 for h in history]
     # The exported checkpoint is a best one by val AUC (ties allowed), whichever attempt made it.
     assert history[metrics["best_epoch"]]["val_auc"] == max(h["val_auc"] for h in history)
-    assert (run_dir / "model" / "tiny-synthetic" / "1" / "model.xml").is_file()
+    registry = tmp_path / "registry"  # beside runs_root by default
+    pointer = json.loads((run_dir / "model.json").read_text())
+    assert pointer["ref"] == "tiny-synthetic@1" and pointer["registry"] == str(registry)
+    assert (registry / "models" / "tiny-synthetic" / "1" / "model.xml").is_file()
+
+    # Submitting the finished job again trains nothing and registers no duplicate version.
+    third_log = tmp_path / "third.log"
+    third = _spawn(args, third_log)
+    try:
+        assert third.wait(timeout=600) == 0, third_log.read_text()[-4000:]
+    finally:
+        if third.poll() is None:
+            os.killpg(third.pid, signal.SIGKILL)
+    assert "already registered tiny-synthetic@1 from the same weights" in third_log.read_text()
+    assert sorted(p.name for p in (registry / "models" / "tiny-synthetic").iterdir()) == ["1"]
     digests = [json.loads(p.read_text())["trainable_weights_sha256"]
                for p in sorted((run_dir / "train" / "replicas").glob("rank*.json"))]
     assert len(digests) == 2 and digests[0] == digests[1]

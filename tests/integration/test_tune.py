@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from patchray.registry.store import ModelRegistry
+
 pytestmark = pytest.mark.integration
 
 MAX_T = 3
@@ -119,9 +121,13 @@ def test_killed_driver_is_restored_by_the_same_command_then_trains_the_best(
     best = load_config(exp / "results" / "best.yaml", model=TrainJobConfig)
     assert best.name == "search-best" and best.train.epochs == MAX_T
     assert best.train.learning_rate == pytest.approx(float(best_row["learning_rate"]))
-    # --then-train: trained, exported and evaluated like `patchray train`.
-    model_xml = list((runs / "search-best" / "model").glob("*/*/model.xml"))
-    assert len(model_xml) == 1
+    # --then-train: trained, exported, evaluated and registered like `patchray train`.
+    pointer = json.loads((runs / "search-best" / "model.json").read_text())
+    registry = ModelRegistry(pointer["registry"])
+    card = registry.card(pointer["name"], pointer["version"])
+    assert card.lineage["run_dir"] == str(runs / "search-best")
+    assert card.training_config["train"]["learning_rate"] == best.train.learning_rate
+    registry.verify(card.name, card.version)
     metrics = json.loads((runs / "search-best" / "report" / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["auc"] <= 1.0
 

@@ -1,6 +1,6 @@
 """Run patchray's benchmarks.
 
-    python -m patchray.benchmarks {ingest,decode,augment,reader,training,memory,tune,all} \\
+    python -m patchray.benchmarks {ingest,decode,augment,reader,training,memory,infer,tune,all} \\
         --out runs/bench [--size 50 --size 96] [--quick]
 
 ``--quick`` keeps each benchmark under about two minutes on 2 cores; full runs are larger
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from patchray.benchmarks import augment, decode, ingest, memory, reader, training, tune
+from patchray.benchmarks import augment, decode, infer, ingest, memory, reader, training, tune
 from patchray.benchmarks.common import BenchOptions, say
 
 BENCHMARKS = {
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "reader": reader.run,
     "training": training.run,
     "memory": memory.run,
+    "infer": infer.run,  # Keras vs OpenVINO f32 / bf16 / INT8, batch 1 and 64
     "tune": tune.run,  # minutes: Ray Tune experiments, not a throughput
 }
 

@@ -197,17 +197,20 @@ class PatchDataset:
         return [(s, name) for s in ALL_SPLITS for name in self.manifest.split(s).files]
 
     def sample_rows(self, split: str, limit: int, *, val_holdout: float = 0.0,
-                    as_png: bool = False) -> list[dict[str, Any]]:
+                    as_png: bool = False, spread: bool = False) -> list[dict[str, Any]]:
         """The first ``limit`` rows of a split, read directly (small samples, not training).
-        ``as_png``: images as PNG bytes whatever the encoding (what HTTP clients send)."""
+        ``spread``: the first rows of every file instead (files follow patients, so a
+        sample spreads over them: INT8 calibration). ``as_png``: images as PNG bytes
+        whatever the encoding (what HTTP clients send)."""
         stored, held_out = self.resolve(split, val_holdout)
         fs, paths = self.split_files(stored)
+        per_file = -(-limit // max(1, len(paths))) if spread else limit
         rows: list[dict[str, Any]] = []
         for path in paths:
             table = pq.read_table(path, filesystem=fs)
             if held_out is not None:
                 table = holdout_rows(table, val_holdout, held_out)
-            rows.extend(table.slice(0, limit - len(rows)).to_pylist())
+            rows.extend(table.slice(0, min(per_file, limit - len(rows))).to_pylist())
             if len(rows) >= limit:
                 break
         if as_png and self.encoding != "png":

@@ -19,12 +19,13 @@ from patchray.inference.preprocess import Preprocess
 def score_split(
     model_xml: str | Path, preprocess: Preprocess, dataset: PatchDataset, split: str, *,
     concurrency: int = 1, batch_size: int = 256, val_holdout: float = 0.0,
+    inference_precision: str = "f32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(labels, probabilities)`` for every labelled patch of ``split``."""
     ds = read_split(dataset, split, val_holdout=val_holdout).map_batches(
         BatchScorer,
         fn_constructor_args=(str(model_xml), preprocess.model_dump(mode="json"),
-                             dataset.encoding),
+                             dataset.encoding, inference_precision),
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,
@@ -41,3 +42,14 @@ def score_split(
     p = np.concatenate(probs).astype(np.float64)
     keep = ~np.isnan(y)  # unlabelled patches carry no ground truth to score against
     return y[keep].astype(np.int64), p[keep]
+
+
+def labelled_inputs(dataset: PatchDataset, preprocess: Preprocess, split: str, *,
+                    limit: int = 2000, val_holdout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` labelled patches of ``split`` as model input and labels, in memory
+    (NNCF's accuracy control validates on these)."""
+    rows = [r for r in dataset.sample_rows(split, limit, val_holdout=val_holdout, spread=True)
+            if r["label"] is not None]
+    x = preprocess([r["image"] for r in rows], encoding=dataset.encoding,
+                   heights=[r["height"] for r in rows], widths=[r["width"] for r in rows])
+    return x, np.asarray([r["label"] for r in rows], dtype=np.int64)

@@ -21,7 +21,7 @@ import numpy as np
 
 from patchray.data.manifest import PatchDataset
 from patchray.errors import ParityError
-from patchray.export.artifact import IR_FILES
+from patchray.registry.card import IR_FILES
 from patchray.inference.preprocess import Preprocess
 from patchray.training.loop import CHECKPOINT_META, checkpoint_preprocess
 
@@ -54,6 +54,22 @@ def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[Any, dict[str, An
     return model, meta
 
 
+def convert_keras(model: Any, size: int, xml: Path) -> Path:
+    """Keras model -> FP32 OpenVINO IR at ``xml`` (through a SavedModel), dynamic batch."""
+    import openvino as ov
+
+    from patchray.models.keras_compat import load_tensorflow
+
+    tf = load_tensorflow()
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(model, tmp)
+        ov_model = ov.convert_model(tmp)
+    ov_model.reshape([-1, size, size, 3])
+    ov.save_model(ov_model, xml, compress_to_fp16=False)
+    return xml
+
+
 def export_openvino(
     checkpoint_dir: str | Path, out_dir: str | Path, sample: np.ndarray, *,
     parity_atol: float | None = None,
@@ -62,19 +78,9 @@ def export_openvino(
     size; with ``parity_atol`` a larger Keras/OpenVINO difference raises ParityError."""
     import openvino as ov
 
-    from patchray.models.keras_compat import load_tensorflow
-
-    tf = load_tensorflow()
     model, meta = load_checkpoint_model(checkpoint_dir)
     preprocess = checkpoint_preprocess(meta)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(model, tmp)
-        ov_model = ov.convert_model(tmp)
-    ov_model.reshape([-1, preprocess.size, preprocess.size, 3])  # dynamic batch
-    xml = out / IR_FILES["fp32"]
-    ov.save_model(ov_model, xml, compress_to_fp16=False)
+    xml = convert_keras(model, preprocess.size, Path(out_dir) / IR_FILES["f32"])
 
     x = preprocess.to_input(sample)
     keras_out = np.asarray(model(x, training=False)).reshape(-1)

@@ -1,8 +1,8 @@
 """OpenVINO inference on patches: a compiled IR plus its :class:`Preprocess`.
 
-A predictor is built either from an exported artifact (``from_artifact``: IR files and
-``metadata.json``, what serving loads) or from an IR and a contract in memory (what
-evaluation uses before any metadata exists, so the export step writes metadata once).
+A predictor is built either from a registered model (``from_card``: a version folder and its
+card, from disk or in memory; what serving loads) or from an IR and a contract alone (what
+evaluation uses before any card exists, so the export step writes the card once).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 from patchray.errors import ArtifactError
 from patchray.inference.preprocess import Preprocess
 
-# The threshold and metrics are computed in f32; bf16 (OpenVINO's default on AVX512-BF16
-# CPUs) shifts probabilities slightly, enough to flip patches near the threshold.
+# Without a card, f32: bf16 (OpenVINO's default on AVX512-BF16 CPUs) shifts probabilities
+# slightly, enough to flip patches near a threshold chosen in f32. A card's precisions each
+# carry their own hint and their own threshold.
 DEFAULT_INFERENCE_PRECISION = "f32"
 
 
@@ -32,7 +33,7 @@ class PatchPredictor:
         device: str = "CPU",
         inference_precision: str | None = DEFAULT_INFERENCE_PRECISION,
         num_threads: int | None = None,
-        metadata: Any = None,
+        card: Any = None,
     ):
         import openvino as ov
 
@@ -45,22 +46,24 @@ class PatchPredictor:
             raise ArtifactError(f"{model_xml}: OpenVINO IR not found")
         self.model_xml = Path(model_xml)
         self.preprocess = preprocess
-        self.metadata = metadata  # ModelMetadata when loaded from an artifact
+        self.card = card  # ModelCard when loaded from a registered model
+        self.precision = inference_precision or "f32"
         self._compiled = ov.Core().compile_model(self.model_xml, device, config)
 
     @classmethod
-    def from_artifact(cls, model_dir: str | Path, *, precision: str = "fp32",
-                      **kwargs: Any) -> PatchPredictor:
-        """Load an exported artifact (``model.xml`` + ``metadata.json``)."""
-        from patchray.export.artifact import read_metadata
+    def from_card(cls, model_dir: str | Path, card: Any = None, *, precision: str = "auto",
+                  **kwargs: Any) -> PatchPredictor:
+        """Load a registered model: the IR in ``model_dir`` for ``precision`` (``auto``: the
+        card's serving precision), run with that precision's hint and threshold. ``card``:
+        a :class:`~patchray.registry.card.ModelCard` in memory, else ``model_dir/card.json``."""
+        from patchray.registry.card import read_card
 
-        model_dir = Path(model_dir)
-        metadata = read_metadata(model_dir)
-        if precision not in metadata.files:
-            raise ArtifactError(f"{model_dir}: no {precision!r} model; available: "
-                                f"{', '.join(metadata.files)}")
-        return cls(model_dir / metadata.files[precision], metadata.input, metadata=metadata,
-                   **kwargs)
+        card = card if card is not None else read_card(model_dir)
+        name, record = card.precision(precision)
+        kwargs.setdefault("inference_precision", record.inference_hint)
+        predictor = cls(Path(model_dir) / record.file, card.input, card=card, **kwargs)
+        predictor.precision = name
+        return predictor
 
     @property
     def size(self) -> int:
@@ -68,10 +71,10 @@ class PatchPredictor:
 
     @property
     def threshold(self) -> float:
-        if self.metadata is None:
+        if self.card is None:
             raise ArtifactError(f"{self.model_xml}: no threshold: this predictor was built "
-                                "without metadata (evaluation chooses the threshold)")
-        return float(self.metadata.threshold)
+                                "without a model card (evaluation chooses the threshold)")
+        return self.card.threshold(self.precision)
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         """Model input (float32 NHWC, see Preprocess.to_input) -> probabilities, (N,)."""
@@ -95,8 +98,10 @@ class BatchScorer:
     """Ray Data ``map_batches`` callable: a dataset's records -> ``probability``
     (and ``label`` passed through). Built on each Ray worker from picklable arguments."""
 
-    def __init__(self, model_xml: str, preprocess: dict[str, Any], encoding: str):
-        self.predictor = PatchPredictor(model_xml, Preprocess.model_validate(preprocess))
+    def __init__(self, model_xml: str, preprocess: dict[str, Any], encoding: str,
+                 inference_precision: str = DEFAULT_INFERENCE_PRECISION):
+        self.predictor = PatchPredictor(model_xml, Preprocess.model_validate(preprocess),
+                                        inference_precision=inference_precision)
         self.encoding = encoding
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

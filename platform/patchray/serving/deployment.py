@@ -2,8 +2,9 @@
 
 Endpoints (under the application's route prefix):
   POST /v1/predict   body = one PNG or JPEG patch (Content-Type image/png or image/jpeg)
-                     -> {"probability", "label", "label_name", "threshold", "model", "model_version"}
-  GET  /v1/model     the artifact's metadata (input contract, threshold, metrics)
+                     -> {"probability", "label", "label_name", "threshold", "model",
+                         "model_version", "precision"}
+  GET  /v1/model     the model card (input contract, thresholds per precision, metrics)
   GET  /healthz      200 when the model is loaded
 Prometheus metrics (``ray_patchray_*``) are exported on the Ray node's metrics port.
 
@@ -13,7 +14,6 @@ the decoded patches are batched across concurrent requests for one OpenVINO call
 
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,6 @@ api = FastAPI(title="patchray patch classifier", version="1")
 DEFAULTS = ServeAppArgs()  # the one source of the deployment's settings
 
 
-def load_predictor(model_dir: str) -> PatchPredictor:
-    """Default model loader; tests and benchmarks may pass their own."""
-    return PatchPredictor.from_artifact(model_dir)
-
-
 def _metric(kind: Any, name: str, description: str, tags: dict[str, str],
             extra_tags: tuple[str, ...] = (), **kwargs: Any) -> Any:
     metric = kind(name, description=description, tag_keys=(*tags, *extra_tags), **kwargs)
@@ -57,15 +52,16 @@ class PatchClassifierService:
     def __init__(
         self,
         model_dir: str,
-        loader: Callable[[str], PatchPredictor] = load_predictor,
+        precision: str = DEFAULTS.precision,
         max_batch_size: int = DEFAULTS.max_batch_size,
         batch_wait_timeout_s: float = DEFAULTS.batch_wait_timeout_s,
     ):
-        self.predictor = loader(model_dir)
-        self.meta = self.predictor.metadata
+        self.predictor = PatchPredictor.from_card(model_dir, precision=precision)
+        self.meta = self.predictor.card
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        tags = {"model": self.meta.name, "model_version": self.meta.version}
+        tags = {"model": self.meta.name, "model_version": str(self.meta.version),
+                "precision": self.predictor.precision}
         self.m_predictions = _metric(
             metrics.Counter, "patchray_predictions_total",
             "Patches classified, by predicted label", tags, extra_tags=("label",))
@@ -122,9 +118,10 @@ class PatchClassifierService:
             "probability": probability,
             "label": label,
             "label_name": self.meta.class_names[label],
-            "threshold": self.meta.threshold,
+            "threshold": self.predictor.threshold,
             "model": self.meta.name,
-            "model_version": self.meta.version,
+            "model_version": str(self.meta.version),
+            "precision": self.predictor.precision,
         }
 
     @api.get("/v1/model")
@@ -133,7 +130,8 @@ class PatchClassifierService:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        return {"status": "ok", "model": self.meta.name, "model_version": self.meta.version}
+        return {"status": "ok", "model": self.meta.name,
+                "model_version": str(self.meta.version), "precision": self.predictor.precision}
 
     def check_health(self) -> None:
         # Serve's own probe: a replica whose model cannot score a blank patch is restarted.
@@ -144,10 +142,8 @@ class PatchClassifierService:
 def build_app(
     model_dir: str,
     args: ServeAppArgs = DEFAULTS,
-    *,
-    loader: Callable[[str], PatchPredictor] = load_predictor,
 ) -> Any:
-    """The Serve application for one exported model, with autoscaling."""
+    """The Serve application for one registered model folder, with autoscaling."""
     return PatchClassifierService.options(
         autoscaling_config={
             "min_replicas": args.min_replicas,
@@ -158,4 +154,4 @@ def build_app(
         # High enough for a batch to fill: Serve's default of 5 would cap every batch at 5.
         max_ongoing_requests=max(2 * args.max_batch_size, 16),
         ray_actor_options={"num_cpus": args.replica_cpus},
-    ).bind(model_dir, loader, args.max_batch_size, args.batch_wait_timeout_s)
+    ).bind(model_dir, args.precision, args.max_batch_size, args.batch_wait_timeout_s)

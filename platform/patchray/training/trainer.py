@@ -168,7 +168,7 @@ def run_training(
 
     The run lives at ``<storage_root>/<run_name>``. If it has checkpoints already, training
     continues after the latest one; if that one is the last epoch, no worker is started and
-    the outcome describes the finished run (so a rerun only re-exports and re-evaluates).
+    the outcome describes the finished run (so a rerun trains nothing).
     Resuming into a different network (model, model_args, input_size, mixed_precision) is a
     :class:`ConfigError`.
     """

@@ -1,7 +1,7 @@
 """``patchray demo``: every stage on the real stack, on generated data, in one run folder::
 
     runs/<name>-<timestamp>/
-      config.yaml, logs/, train/, best_checkpoint/, model/, report/   as for `patchray train`
+      config.yaml, logs/, train/, best_checkpoint/, model.json, report/   as for `patchray train`
       data/                 Parquet dataset + manifest.json (unless data.root is set)
       demo_predictions.json answers of the running service to held-out patches
       timings.json          seconds per stage
@@ -68,7 +68,9 @@ def run_demo(cfg: DemoConfig, *, run_dir: Path | None = None,
         trained = train_export_evaluate(cfg, dataset, run_dir)
         lap("train_export_evaluate")
 
-        log.info("stage 3/4: serve the OpenVINO model with Ray Serve")
+        log.info("stage 3/4: serve %s (%s) with Ray Serve", trained.card.ref,
+                 cfg.serve.precision if cfg.serve.precision != "auto"
+                 else trained.card.serving_precision)
         url = start_service(cfg.serve, trained.model_dir)
         lap("serve")
 
@@ -84,20 +86,20 @@ def run_demo(cfg: DemoConfig, *, run_dir: Path | None = None,
                      a["label_name"])
         lap("query")
         (run_dir / "timings.json").write_text(json.dumps(lap.timings, indent=2))
-        _log_where(run_dir, trained.model_dir, url, cfg, lap.timings)
+        _log_where(run_dir, trained, url, cfg, lap.timings)
         return DemoResult(run_dir, trained.model_dir, trained.metrics, url, answers)
     finally:
         if shutdown:
             runtime.shutdown(serve=True)
 
 
-def _log_where(run_dir: Path, model_dir: Path, url: str, cfg: DemoConfig,
+def _log_where(run_dir: Path, trained: Any, url: str, cfg: DemoConfig,
                timings: dict[str, float]) -> None:
     log.info("stage timings (s): %s", timings)
     log.info("artifacts:   %s", run_dir)
     log.info("  report:    %s (metrics.json, test_roc.png, ...)", run_dir / "report")
-    log.info("  model:     %s (OpenVINO IR + metadata.json)", model_dir)
+    log.info("  model:     %s in %s (IR files + card.json, card.md)", trained.card.ref,
+             trained.registry)
     log.info("  logs:      %s", run_dir / "logs")
-    log.info("service:     POST %s/v1/predict  (GET %s/healthz, %s/v1/model)", url, url, url)
-    log.info("metrics:     http://127.0.0.1:%d/metrics (ray_patchray_*)", cfg.serve.metrics_port)
-    log.info("serve again: patchray serve %s", model_dir)
+    log.info("service:     %s/v1/predict (metrics on :%d/metrics)", url, cfg.serve.metrics_port)
+    log.info("serve again: patchray serve %s --registry %s", trained.card.ref, trained.registry)

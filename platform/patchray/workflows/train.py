@@ -1,19 +1,27 @@
-"""``patchray train``: train on an ingested dataset, export the best checkpoint, evaluate it.
+"""``patchray train``: train on an ingested dataset, export the best checkpoint, evaluate it,
+register it.
 
     runs/<name>/
       config.yaml           the resolved job config
       logs/patchray.log     everything the job and Ray wrote (the CLI puts it there)
       train/                Ray Train run: checkpoints (best K by val AUC), replica digests
       best_checkpoint/      the best checkpoint, local copy
-      model/<name>/<ver>/   OpenVINO IR + metadata.json (what gets served)
+      export/               IR files as built (f32, INT8), before registration
+      model.json            pointer to the registered version (registry, name, version)
       report/               metrics.json, ROC / PR / confusion / learning-curve PNGs
+
+The model itself lives in the registry (``registry.root``): ``models/<name>/<version>/``
+with the IR files and the model card.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +30,23 @@ from patchray import __version__, runtime, storage
 from patchray.config import DataConfig, TrainJobConfig, dump_config
 from patchray.data.ingest import ingest_synthetic
 from patchray.data.manifest import MANIFEST, PatchDataset
-from patchray.errors import ConfigError
-from patchray.evaluation.evaluate import Evaluation, evaluate_model
-from patchray.export.artifact import ModelMetadata, write_metadata
+from patchray.errors import ConfigError, PatchrayError
+from patchray.evaluation.evaluate import METRICS_FILE, Evaluation, evaluate_model
 from patchray.export.openvino_export import ExportResult, export_checkpoint
+from patchray.registry.card import IR_FILES, Evidence, ModelCard, PrecisionRecord
+from patchray.registry.store import ModelRegistry, default_root
 
 log = logging.getLogger(__name__)
+POINTER = "model.json"  # the run's pointer to its registered model
+SAMPLE_PATCHES = 64  # validation patches the speed measurement runs on
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    model_dir: Path
+    model_dir: Path  # a local folder of the registered version (IR files + card.json)
     metrics: dict[str, Any]
+    card: ModelCard
+    registry: str
 
 
 @dataclass(frozen=True)
@@ -41,11 +54,17 @@ class TrainJobResult:
     run_dir: Path
     model_dir: Path
     metrics: dict[str, Any]
+    card: ModelCard
+    registry: str
 
 
 def run_dir_of(cfg: TrainJobConfig) -> Path:
     """``<runs_root>/<name>``: a rerun of the same name resumes there."""
     return (Path(cfg.runs_root) / cfg.name).resolve()
+
+
+def registry_of(cfg: TrainJobConfig) -> ModelRegistry:
+    return ModelRegistry(cfg.registry.root or default_root(cfg.runs_root))
 
 
 def open_or_make_dataset(data: DataConfig, root: str, *, synthetic: bool) -> PatchDataset:
@@ -61,8 +80,9 @@ def open_or_make_dataset(data: DataConfig, root: str, *, synthetic: bool) -> Pat
 
 def train_export_evaluate(cfg: TrainJobConfig, dataset: PatchDataset,
                           run_dir: Path) -> TrainedModel:
-    """Train (or resume), export the best checkpoint behind the parity gate, evaluate it
-    with the IR, and write the model's metadata once, last."""
+    """Train (or resume), export the best checkpoint behind the parity gate, quantise it,
+    measure every precision on val, and register the model with its card (written once)."""
+    from patchray.training.loop import CHECKPOINT_META
     from patchray.training.trainer import run_training
 
     t = cfg.train
@@ -70,37 +90,188 @@ def train_export_evaluate(cfg: TrainJobConfig, dataset: PatchDataset,
              t.epochs)
     outcome = run_training(cfg, dataset=dataset, storage_root=str(run_dir), run_name="train",
                            local_dir=str(run_dir))
-    name = cfg.export.name or f"{t.model}-{cfg.dataset}"
-    model_dir = run_dir / "model" / name / cfg.export.version
-    exported = export_checkpoint(outcome.best_checkpoint_dir, model_dir, dataset,
+    registry = registry_of(cfg)
+    meta = json.loads((Path(outcome.best_checkpoint_dir) / CHECKPOINT_META).read_text())
+    earlier = registered_before(run_dir, registry, meta["weights_sha256"])
+    if earlier is not None:
+        return earlier
+
+    build = run_dir / "export"
+    shutil.rmtree(build, ignore_errors=True)  # an interrupted export's leftovers
+    exported = export_checkpoint(outcome.best_checkpoint_dir, build, dataset,
                                  parity_atol=cfg.export.parity_atol,
                                  val_holdout=cfg.data.val_holdout)
+    int8_error = quantize(cfg, dataset, exported, build) if "int8" in cfg.export.precisions \
+        else None
     evaluation = evaluate_model(exported.model_xml, exported.preprocess, dataset, cfg.eval,
                                 report_dir=run_dir / "report", history=outcome.history,
                                 best_epoch=exported.epoch, val_holdout=cfg.data.val_holdout)
-    write_metadata(model_dir, model_metadata(cfg, name, dataset, exported, evaluation))
-    log.info("report: %s; model: %s", run_dir / "report", model_dir)
-    return TrainedModel(model_dir, evaluation.metrics)
+    records = measure_precisions(cfg, dataset, exported, evaluation, build, int8_error)
+    name = cfg.export.name or f"{t.model}-{cfg.dataset}"
+    card = model_card(cfg, name, dataset, exported, evaluation, records,
+                      lineage={"run_dir": str(run_dir), "checkpoint_epoch": exported.epoch,
+                               "weights_sha256": meta["weights_sha256"]})
+    published = registry.register(build, card, alias=cfg.registry.alias or None)
+    storage.write_json(str(run_dir / POINTER), {
+        "registry": registry.root, "name": published.name, "version": published.version,
+        "ref": published.ref, "weights_sha256": meta["weights_sha256"]})
+    shutil.rmtree(build, ignore_errors=True)  # the registry holds the files now
+    model_dir = registry.local_dir(published)
+    log.info("registered %s in %s%s; report: %s", published.ref, registry.root,
+             f" (alias {cfg.registry.alias})" if cfg.registry.alias else "",
+             run_dir / "report")
+    return TrainedModel(model_dir, evaluation.metrics, published, registry.root)
 
 
-def model_metadata(cfg: TrainJobConfig, name: str, dataset: PatchDataset,
-                   exported: ExportResult, evaluation: Evaluation) -> ModelMetadata:
-    return ModelMetadata(
+def registered_before(run_dir: Path, registry: ModelRegistry,
+                      weights_sha256: str) -> TrainedModel | None:
+    """The model this run registered from the same weights, if any: rerunning a finished
+    job answers with it instead of registering a duplicate version."""
+    pointer = run_dir / POINTER
+    if not pointer.is_file():
+        return None
+    ref = json.loads(pointer.read_text())
+    if ref.get("registry") != registry.root or ref.get("weights_sha256") != weights_sha256:
+        return None
+    try:
+        card = registry.card(ref["name"], int(ref["version"]))
+    except PatchrayError as e:
+        log.info("this run's pointer %s names a model the registry lacks (%s): "
+                 "registering again", pointer, e)
+        return None
+    metrics = json.loads((run_dir / "report" / METRICS_FILE).read_text())
+    log.info("this run already registered %s from the same weights: nothing to export "
+             "(report: %s)", card.ref, run_dir / "report")
+    return TrainedModel(registry.local_dir(card), metrics, card, registry.root)
+
+
+def _model_inputs(dataset: PatchDataset, exported: ExportResult, split: str, n: int, *,
+                  val_holdout: float = 0.0) -> Any:
+    rows = dataset.sample_rows(split, n, val_holdout=val_holdout, spread=True)
+    return exported.preprocess([r["image"] for r in rows], encoding=dataset.encoding,
+                               heights=[r["height"] for r in rows],
+                               widths=[r["width"] for r in rows])
+
+
+def quantize(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
+             build: Path) -> str | None:
+    """Write the INT8 IR into ``build``; return why not when NNCF fails (the job goes on
+    with the other precisions, and the card says why INT8 is missing)."""
+    from patchray.evaluation.scoring import labelled_inputs
+    from patchray.export.quantize import quantize_int8
+
+    e = cfg.export
+    calibration = _model_inputs(dataset, exported, "train", e.int8_calibration_patches)
+    validation = (labelled_inputs(dataset, exported.preprocess, "val",
+                                  val_holdout=cfg.data.val_holdout)
+                  if e.int8_accuracy_control else None)
+    log.info("quantising to INT8 with NNCF (%d training patches%s)", len(calibration),
+             ", accuracy control on val" if validation is not None else "")
+    try:
+        quantize_int8(exported.model_xml, calibration, build / IR_FILES["int8"],
+                      validation=validation, max_auc_drop=e.int8_max_auc_drop)
+    except Exception as err:  # NNCF's own errors have no common base
+        log.warning("INT8 quantisation failed: %s: %s", type(err).__name__, err)
+        return f"NNCF quantisation failed: {type(err).__name__}: {err}"
+    return None
+
+
+def measure_precisions(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
+                       evaluation: Evaluation, build: Path,
+                       int8_error: str | None) -> dict[str, PrecisionRecord]:
+    from patchray.export.precisions import (
+        assess_precisions,
+        fastest_passed,
+        log_precisions,
+        with_speeds,
+    )
+
+    records = assess_precisions(build, exported.preprocess, dataset, cfg.eval, cfg.export,
+                                evaluation, val_holdout=cfg.data.val_holdout,
+                                int8_error=int8_error)
+    sample = _model_inputs(dataset, exported, "val", SAMPLE_PATCHES,
+                           val_holdout=cfg.data.val_holdout)
+    records = with_speeds(build, records, sample)
+    log_precisions(records, fastest_passed(records))
+    return records
+
+
+def code_revision() -> str:
+    """``git describe`` of the code that ran (``-dirty`` with local changes), or unknown."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                             cwd=Path(__file__).parent, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def evidence(dataset: PatchDataset, val_holdout: float) -> list[Evidence]:
+    out = []
+    for split in ("train", "val", "test"):
+        stored, _ = dataset.resolve(split, val_holdout if split == "val" else 0.0)
+        info = dataset.manifest.split(stored)
+        out.append(Evidence(split=split if stored == split else f"{split} (held out of "
+                            f"{stored})", patients=sorted(info.patients), patches=info.rows))
+    return out
+
+
+def limitations(cfg: TrainJobConfig, dataset: PatchDataset, f32_test: dict[str, Any],
+                proof: list[Evidence]) -> list[str]:
+    n = {e.split.split()[0]: len(e.patients) for e in proof}
+    synthetic = cfg.dataset == "synthetic"
+    lines = [
+        f"Trained on {n['train']} patients of dataset '{cfg.dataset}'"
+        + (" (generated H&E-like patches: demonstrates the platform, not for any clinical "
+           "use)" if synthetic else "")
+        + f"; validated on {n['val']} and tested on {n['test']} other patients.",
+        "Not validated on patients from other sites, scanners, stains or magnifications than "
+        "its training data: check it on local cases before relying on it.",
+        f"The threshold was chosen on validation for sensitivity >= "
+        f"{cfg.eval.min_sensitivity} (rule '{cfg.eval.threshold_rule}'); on the test patients "
+        f"sensitivity was {f32_test.get('sensitivity') or float('nan'):.3f} and specificity "
+        f"{f32_test.get('specificity') or float('nan'):.3f}.",
+        "Scores single patches; it has not been validated as a slide-level diagnosis.",
+    ]
+    return [*lines, *cfg.registry.limitations]
+
+
+def model_card(cfg: TrainJobConfig, name: str, dataset: PatchDataset, exported: ExportResult,
+               evaluation: Evaluation, records: dict[str, PrecisionRecord], *,
+               lineage: dict[str, Any]) -> ModelCard:
+    """The card of a model about to be registered (the registry fills version and files)."""
+    from patchray.export.precisions import fastest_passed
+
+    proof = evidence(dataset, cfg.data.val_holdout)
+    c0, c1 = dataset.class_names
+    size = exported.preprocess.size
+    return ModelCard(
         name=name,
-        version=cfg.export.version,
         architecture=exported.architecture,
         model_args=exported.model_args,
         dataset=cfg.dataset,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         input=exported.preprocess,
         class_names=dataset.class_names,
-        threshold=evaluation.threshold,
         threshold_rule=evaluation.rule,
-        metrics=evaluation.summary(),
-        files={"fp32": exported.model_xml.name},
-        parity={"keras_vs_openvino_max_abs_diff": exported.parity_max_abs_diff,
-                "patches": exported.parity_patches, "inference_precision": "f32"},
+        precisions=records,
+        serving_precision=fastest_passed(records),
+        metrics={**evaluation.summary(), "best_epoch": exported.epoch},
+        evidence=proof,
+        dataset_manifest_sha256=dataset.content_sha256,
+        training_config=cfg.model_dump(mode="json"),
+        lineage=lineage,
+        code_revision=code_revision(),
         patchray_version=__version__,
+        parity={"keras_vs_openvino_max_abs_diff": exported.parity_max_abs_diff,
+                "patches": exported.parity_patches, "inference_precision": "f32",
+                "atol": cfg.export.parity_atol},
+        intended_use=cfg.registry.intended_use or (
+            f"Decision support in research settings: scores {size}x{size} px H&E patches for "
+            f"'{c1}' (against '{c0}') so that a pathologist looks again at the flagged ones. "
+            "A second look, not a diagnosis."),
+        limitations=limitations(cfg, dataset, evaluation.metrics["test"], proof),
     )
 
 
@@ -109,8 +280,9 @@ def run_train_job(cfg: TrainJobConfig, *, shutdown: bool = True) -> TrainJobResu
 
     The run directory is ``<runs_root>/<name>``. Submitting the same job again after a
     crash finds the run's checkpoints there and resumes after the latest one; submitting a
-    finished run again trains nothing and only re-exports and re-evaluates its best
-    checkpoint. A ``synthetic`` dataset missing at ``data.root`` is generated first.
+    finished run again trains nothing and answers with the version it registered (a new
+    version only when the weights changed). A ``synthetic`` dataset missing at
+    ``data.root`` is generated first.
     """
     if not cfg.data.root:
         raise ConfigError(
@@ -126,7 +298,8 @@ def run_train_job(cfg: TrainJobConfig, *, shutdown: bool = True) -> TrainJobResu
         dataset = open_or_make_dataset(cfg.data, cfg.data.root,
                                        synthetic=cfg.dataset == "synthetic")
         trained = train_export_evaluate(cfg, dataset, run_dir)
-        return TrainJobResult(run_dir, trained.model_dir, trained.metrics)
+        return TrainJobResult(run_dir, trained.model_dir, trained.metrics, trained.card,
+                              trained.registry)
     finally:
         if shutdown:  # False: a caller's cluster (tests) outlives the job
             runtime.shutdown()

@@ -38,7 +38,7 @@ def test_the_gate_passes_an_exact_conversion(tiny_checkpoint, tmp_path):
     out = export_openvino(tiny_checkpoint, tmp_path / "m", _sample(), parity_atol=1e-4)
     assert out.parity_max_abs_diff <= 1e-4 and out.parity_patches == 8
     assert out.preprocess == Preprocess(size=16) and (tmp_path / "m" / "model.xml").is_file()
-    assert not (tmp_path / "m" / "metadata.json").exists()  # written once, by the workflow
+    assert not (tmp_path / "m" / "card.json").exists()  # written once, by the registry
 
 
 def test_a_difference_over_the_tolerance_refuses_to_ship(tiny_checkpoint, tmp_path):
@@ -49,4 +49,4 @@ def test_a_difference_over_the_tolerance_refuses_to_ship(tiny_checkpoint, tmp_pa
                                           r"validation patches .*refusing to ship") as e:
         export_openvino(tiny_checkpoint, tmp_path / "m", _sample(), parity_atol=-1.0)
     assert isinstance(e.value, PatchrayError)  # the CLI prints it as one line, exit 2
-    assert not (tmp_path / "m" / "metadata.json").exists()
+    assert not (tmp_path / "m" / "card.json").exists()

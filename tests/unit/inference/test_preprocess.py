@@ -11,7 +11,6 @@ from patchray.config import load_config
 from patchray.data.records import encode_pixels
 from patchray.data.transforms import prepare_training_batch
 from patchray.errors import DataError
-from patchray.export.artifact import ModelMetadata
 from patchray.inference.preprocess import Preprocess
 
 
@@ -66,11 +65,10 @@ def test_to_input_refuses_patches_of_another_size():
         Preprocess(size=50).to_input(np.zeros((1, 40, 40, 3), np.uint8))
 
 
-def test_metadata_written_before_the_contract_grew_still_loads():
+def test_a_card_with_an_input_contract_from_before_it_grew_still_loads():
+    from tests.unit.registry.test_card import make_card
+
     old = {"size": 50, "channels": "RGB", "layout": "NHWC", "dtype": "float32",
            "scale": 1 / 255, "pad_value": 255, "microns_per_pixel": None}
-    meta = ModelMetadata.model_validate({
-        "name": "m", "version": "1", "architecture": "cnn6", "dataset": "idc",
-        "created": "2026-01-01", "input": old, "threshold": 0.4, "threshold_rule": {},
-        "files": {"fp32": "model.xml"}, "patchray_version": "0.1.0"})
-    assert meta.input == Preprocess(size=50)
+    card = make_card().model_copy(update={"input": Preprocess.model_validate(old)})
+    assert type(card).model_validate_json(card.model_dump_json()).input == Preprocess(size=50)
