@@ -264,7 +264,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole object atomically: readers see the old content or the new, never part.
 
     Local writes go through a temporary file in the same directory and a rename; an S3 PUT
-    (or completed multipart upload) is atomic by itself.
+    is atomic by itself.
     """
     fs, path = resolve(uri)
     with _translated(fs, uri, "write"):
@@ -279,10 +279,12 @@ def write_bytes(uri: str, data: bytes) -> None:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
-            # No create_dir: S3 has no directories, and pyarrow would PUT empty "dir/" marker
-            # objects that other S3 clients list as entries.
-            with fs.open_output_stream(path) as f:
-                f.write(data)
+            # One PutObject with its Content-Length: a single request, atomic at any size up
+            # to S3's 5 GB, where pyarrow's stream would make a multipart upload of chunked
+            # parts (and create_dir would PUT empty "dir/" markers other clients list).
+            bucket, key = _bucket_key(uri)
+            _s3_call(uri, "write", _botocore_client(s3_settings()).put_object, Bucket=bucket,
+                     Key=key, Body=data)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -314,11 +316,15 @@ PRECONDITION_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 
 @functools.lru_cache(maxsize=8)
 def _botocore_client(s: S3Settings) -> Any:
+    import botocore.config
     import botocore.session
 
+    # Bounded like pyarrow's client: an unreachable store fails in seconds, not minutes.
+    config = botocore.config.Config(connect_timeout=10, read_timeout=120,
+                                    retries={"max_attempts": 3, "mode": "standard"})
     return botocore.session.Session().create_client(
         "s3", endpoint_url=s.endpoint, region_name=s.region, aws_access_key_id=s.access_key,
-        aws_secret_access_key=s.secret_key, aws_session_token=s.session_token)
+        aws_secret_access_key=s.secret_key, aws_session_token=s.session_token, config=config)
 
 
 def _bucket_key(uri: str) -> tuple[str, str]:

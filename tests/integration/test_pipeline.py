@@ -61,6 +61,7 @@ def test_openvino_matches_keras(demo_run):
 
 
 def test_every_precision_is_measured_and_gated_on_validation(demo_run):
+    from patchray.inference.predictor import PatchPredictor
     from patchray.registry.card import read_card
 
     card = read_card(demo_run.model_dir)
@@ -75,6 +76,11 @@ def test_every_precision_is_measured_and_gated_on_validation(demo_run):
         assert r.passed == (r.auc_drop <= (r.max_auc_drop or 0.0)), name
         # What failed its gate is not registered; what passed is there.
         assert (demo_run.model_dir / r.file).is_file() == (r.passed or r.file == f32.file), name
+    # A predictor built from the IR and the card in memory uses that precision's threshold.
+    for name in (n for n, r in card.precisions.items() if r.passed):
+        predictor = PatchPredictor.from_card(demo_run.model_dir, card, precision=name)
+        assert predictor.threshold == card.precisions[name].threshold
+        assert predictor.precision == name
     served = card.precisions[card.serving_precision]
     assert served.passed
     assert served.images_per_s == max(r.images_per_s for r in card.precisions.values()

@@ -101,56 +101,62 @@ def test_verify_and_promote_refuse_a_tampered_file(registry, tmp_path):
     assert registry.alias(NAME, "production") is None
 
 
-def test_a_reader_racing_promotions_always_sees_one_whole_version(registry, tmp_path):
-    for i in range(2):
-        registry.register(model_files(tmp_path, str(i), size=64 * 1024), make_card())
-    registry.promote(NAME, 1, "production")
-    done, seen, errors = threading.Event(), set(), []
+def race(read_once, write) -> list[str]:
+    """Call ``read_once`` in a loop on another thread while ``write()`` runs; return what
+    the reader failed with (its first failure ends it)."""
+    done, errors = threading.Event(), []
 
     def read() -> None:
         while not done.is_set():
             try:
-                card = registry.resolve(f"{NAME}@production")
-                # The alias names a published version whose files are exactly its card's.
-                assert registry.verify(card.name, card.version) == card.files
-                seen.add(card.version)
-            except Exception as e:  # noqa: BLE001 - any failure is the finding
+                read_once()
+            except Exception as e:  # any failure is the finding
                 errors.append(repr(e))
                 return
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        for i in range(30):
-            registry.promote(NAME, 2 if i % 2 == 0 else 1, "production", verify=False)
+        write()
     finally:
         done.set()
         reader.join(timeout=60)
+    return errors
+
+
+def test_a_reader_racing_promotions_always_sees_one_whole_version(registry, tmp_path):
+    for i in range(2):
+        registry.register(model_files(tmp_path, str(i), size=64 * 1024), make_card())
+    registry.promote(NAME, 1, "production")
+    seen = set()
+
+    def read_once() -> None:
+        card = registry.resolve(f"{NAME}@production")
+        # The alias names a published version whose files are exactly its card's.
+        assert registry.verify(card.name, card.version) == card.files
+        seen.add(card.version)
+
+    def flip() -> None:
+        for i in range(30):
+            registry.promote(NAME, 2 if i % 2 == 0 else 1, "production", verify=False)
+
+    errors = race(read_once, flip)
     assert not errors, errors[:3]
     assert seen  # the reader really read (both versions on most runs)
 
 
 def test_a_reader_racing_a_registration_never_lists_a_partial_version(registry, tmp_path):
     registry.register(model_files(tmp_path, "a"), make_card())
-    done, errors = threading.Event(), []
 
-    def read() -> None:
-        while not done.is_set():
-            try:
-                for v in registry.versions(NAME):
-                    registry.verify(NAME, v)
-            except Exception as e:  # noqa: BLE001
-                errors.append(repr(e))
-                return
+    def read_once() -> None:
+        for v in registry.versions(NAME):
+            registry.verify(NAME, v)
 
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
+    def register() -> None:
         for i in range(3):
             registry.register(model_files(tmp_path, f"big{i}", size=4 << 20), make_card())
-    finally:
-        done.set()
-        reader.join(timeout=60)
+
+    errors = race(read_once, register)
     assert not errors, errors[:3]
     assert registry.versions(NAME) == [1, 2, 3, 4]
 
@@ -177,3 +183,13 @@ def test_a_local_copy_is_verified_and_complete(registry, tmp_path):
     assert (local / CARD_JSON).is_file()
     assert {p.name for p in local.iterdir()} >= {"model.xml", "model.bin"}
     assert registry.local_dir(card, cache=tmp_path / "cache") == local
+
+
+def test_a_precision_that_failed_its_gate_is_not_registered(registry, tmp_path):
+    build = model_files(tmp_path, "a")
+    (build / "model-int8.xml").write_text("<net/>")
+    (build / "model-int8.bin").write_bytes(b"int8")
+    card = registry.register(build, make_card())  # make_card's int8 failed its gate
+    assert set(card.files) == {"model.xml", "model.bin"}
+    assert not storage.exists(registry.uri(NAME, card.version, "model-int8.xml"))
+    assert card.precisions["int8"].reason.startswith("val AUC 0.9000")  # kept, with why
