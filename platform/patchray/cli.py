@@ -163,7 +163,8 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     print(f"  {card.architecture} on {card.dataset}; created {card.created}; code "
           f"{card.code_revision}; input {card.input.size}px")
     for e in card.evidence:
-        print(f"  {e.split}: {len(e.patients)} patients, {e.patches} patches")
+        print(f"  {e.split}: {len(e.patients)} patient{'' if len(e.patients) == 1 else 's'}, "
+              f"{e.patches} patches")
     print(f"  {'precision':<9} {'val AUC':>8} {'drop':>8} {'threshold':>9} {'test AUC':>8} "
           f"{'sens':>6} {'spec':>6} {'img/s':>7}  gate")
     for name, r in card.precisions.items():

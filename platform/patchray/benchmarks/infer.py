@@ -122,7 +122,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      (model, batch, variant)), None)
 
     out = []
-    for model, _ in CASES:
+    for model in dict.fromkeys(r["model"] for r in rows):
         f32_b1 = pick(model, 1, "openvino f32")
         int8_b64 = pick(model, 64, "openvino int8")
         bf16_b64 = pick(model, 64, "openvino bf16")

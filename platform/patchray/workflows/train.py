@@ -207,25 +207,39 @@ def code_revision() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def evidence(dataset: PatchDataset, val_holdout: float) -> list[Evidence]:
+def evidence(dataset: PatchDataset, val_holdout: float, val_patches: int) -> list[Evidence]:
+    """The patients (and patch counts) each split's metrics come from."""
     out = []
     for split in ("train", "val", "test"):
-        stored, _ = dataset.resolve(split, val_holdout if split == "val" else 0.0)
+        stored, held_out = dataset.resolve(split, val_holdout)
         info = dataset.manifest.split(stored)
-        out.append(Evidence(split=split if stored == split else f"{split} (held out of "
-                            f"{stored})", patients=sorted(info.patients), patches=info.rows))
+        if held_out is None:
+            out.append(Evidence(split=split, patients=sorted(info.patients), patches=info.rows))
+        elif split == "train":  # trains on the rest
+            out.append(Evidence(split=split, patients=sorted(info.patients),
+                                patches=info.rows - val_patches))
+        else:  # validation held out of the training patients' patches
+            out.append(Evidence(split=f"{split} ({val_holdout:.0%} of {stored}'s patches)",
+                                patients=sorted(info.patients), patches=val_patches))
     return out
 
 
-def limitations(cfg: TrainJobConfig, dataset: PatchDataset, f32_test: dict[str, Any],
+def _patients(n: int) -> str:
+    return f"{n} patient" + ("" if n == 1 else "s")
+
+
+def limitations(cfg: TrainJobConfig, f32_test: dict[str, Any],
                 proof: list[Evidence]) -> list[str]:
-    n = {e.split.split()[0]: len(e.patients) for e in proof}
+    train, val, test = proof
     synthetic = cfg.dataset == "synthetic"
+    validated = (f"validated on {_patients(len(val.patients))} not trained on"
+                 if val.split == "val" else
+                 "validated on a hold-out of its own training patients' patches (optimistic)")
     lines = [
-        f"Trained on {n['train']} patients of dataset '{cfg.dataset}'"
+        f"Trained on {_patients(len(train.patients))} of dataset '{cfg.dataset}'"
         + (" (generated H&E-like patches: demonstrates the platform, not for any clinical "
            "use)" if synthetic else "")
-        + f"; validated on {n['val']} and tested on {n['test']} other patients.",
+        + f"; {validated}; tested on {_patients(len(test.patients))} it never saw.",
         "Not validated on patients from other sites, scanners, stains or magnifications than "
         "its training data: check it on local cases before relying on it.",
         f"The threshold was chosen on validation for sensitivity >= "
@@ -243,7 +257,7 @@ def model_card(cfg: TrainJobConfig, name: str, dataset: PatchDataset, exported: 
     """The card of a model about to be registered (the registry fills version and files)."""
     from patchray.export.precisions import fastest_passed
 
-    proof = evidence(dataset, cfg.data.val_holdout)
+    proof = evidence(dataset, cfg.data.val_holdout, evaluation.metrics["val"]["n"])
     c0, c1 = dataset.class_names
     size = exported.preprocess.size
     return ModelCard(
@@ -271,7 +285,7 @@ def model_card(cfg: TrainJobConfig, name: str, dataset: PatchDataset, exported: 
             f"Decision support in research settings: scores {size}x{size} px H&E patches for "
             f"'{c1}' (against '{c0}') so that a pathologist looks again at the flagged ones. "
             "A second look, not a diagnosis."),
-        limitations=limitations(cfg, dataset, evaluation.metrics["test"], proof),
+        limitations=limitations(cfg, evaluation.metrics["test"], proof),
     )
 
 
