@@ -30,6 +30,7 @@ from patchray.benchmarks.common import (
     synthetic_dataset,
 )
 from patchray.benchmarks.training import decoded_split
+from patchray.registry.card import IR_FILES
 
 NAME = "infer"
 CASES = (("cnn6", 50), ("mobilenet_v2", 96))
@@ -63,30 +64,26 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 def run_case(name: str, size: int, dataset: Any, work: Path, *, epochs: int, rounds: int,
              min_seconds: float, threads: int, log: Log) -> list[dict[str, Any]]:
-    import openvino as ov
-
     from patchray.export.openvino_export import convert_keras
-    from patchray.export.precisions import cpu_has_bf16
+    from patchray.export.precisions import CANDIDATES, cpu_has_bf16
     from patchray.export.quantize import quantize_int8
     from patchray.models.keras_compat import load_tensorflow
 
     tf = load_tensorflow()
     model, x_train = _train(name, size, dataset, epochs)
     xml = convert_keras(model, size, work / name / "model.xml")
-    int8 = quantize_int8(xml, x_train[:300], work / name / "model-int8.xml")
-    core = ov.Core()
+    quantize_int8(xml, x_train[:300], xml.parent / IR_FILES["int8"])
 
-    def compiled(path: Path, hint: str) -> Any:
-        model = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                 "INFERENCE_NUM_THREADS": threads})
-        return lambda x: model(x)[0]
+    def openvino(precision: str) -> Any:  # as export times and serves each precision
+        compiled = CANDIDATES[precision].compile(xml.parent, num_threads=threads)
+        return lambda x: compiled(x)[0]
 
     graph = tf.function(lambda t: model(t, training=False))
     runners = {"keras (eager)": lambda x: np.asarray(model(x, training=False)),
                KERAS: lambda x: np.asarray(graph(tf.constant(x))),
-               "openvino f32": compiled(xml, "f32"), "openvino int8": compiled(int8, "f32")}
+               "openvino f32": openvino("f32"), "openvino int8": openvino("int8")}
     if cpu_has_bf16():
-        runners["openvino bf16"] = compiled(xml, "bf16")
+        runners["openvino bf16"] = openvino("bf16")
     else:
         log("  this CPU has no native bf16: bf16 left out")
     x_val, y_val, _ = decoded_split(dataset, "val", size)

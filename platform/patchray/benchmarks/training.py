@@ -158,9 +158,8 @@ def decoded_split(dataset: Any, split: str, size: int) -> tuple[np.ndarray, ...]
     from patchray.inference.preprocess import Preprocess
 
     rows = dataset.sample_rows(split, dataset.rows(split))
-    x = Preprocess(size=size)([r["image"] for r in rows], encoding=dataset.encoding,
-                              heights=[r["height"] for r in rows],
-                              widths=[r["width"] for r in rows])
+    pre = Preprocess(size=size)
+    x = pre.to_input(pre.rows(rows, encoding=dataset.encoding))
     y = np.array([r["label"] for r in rows], np.float32)
     weights = class_weights(dataset.label_counts(split), "balanced")
     return x, y, np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)

@@ -1,11 +1,12 @@
-"""The evaluation stage: score val and test with the exported IR, choose the threshold on
-val, and write the report (metrics.json and the pictures)."""
+"""The evaluation stage: score val and test with the exported IRs (every precision in one
+pass), choose each threshold on val, and write the report (metrics.json and the pictures)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,32 +54,29 @@ class Scored:
 
 
 def score_and_threshold(
-    model_xml: str | Path, preprocess: Preprocess, dataset: PatchDataset, rules: EvalConfig,
-    *, val_holdout: float = 0.0, inference_precision: str = "f32",
-) -> Scored:
-    """Score val and test with the IR under ``inference_precision``; choose the threshold on
-    val by ``rules`` (each precision gets its own, by the same rule)."""
-    y_val, p_val = score_split(model_xml, preprocess, dataset, "val", val_holdout=val_holdout,
-                               inference_precision=inference_precision)
-    threshold = choose_threshold(y_val, p_val, rule=rules.threshold_rule,
-                                 min_sensitivity=rules.min_sensitivity)
-    y_test, p_test = score_split(model_xml, preprocess, dataset, "test",
-                                 inference_precision=inference_precision)
+    models: Mapping[str, tuple[str | Path, str]], preprocess: Preprocess,
+    dataset: PatchDataset, rules: EvalConfig, *, val_holdout: float = 0.0,
+) -> dict[str, Scored]:
+    """Score val and test with every model (``name -> (IR xml, inference precision hint)``)
+    in one Ray Data pass per split; choose each one's threshold on val by ``rules`` (every
+    precision gets its own, by the same rule)."""
+    y_val, p_val = score_split(models, preprocess, dataset, "val", val_holdout=val_holdout)
+    y_test, p_test = score_split(models, preprocess, dataset, "test")
     chosen_on = (f"val: {val_holdout:.0%} of the train patients' patches held out (optimistic)"
                  if val_holdout else "val")
     rule = {"rule": rules.threshold_rule, "min_sensitivity": rules.min_sensitivity,
             "chosen_on": chosen_on}
-    return Scored(y_val, p_val, y_test, p_test, threshold, rule)
+    return {name: Scored(y_val, p_val[name], y_test, p_test[name],
+                         choose_threshold(y_val, p_val[name], rule=rules.threshold_rule,
+                                          min_sensitivity=rules.min_sensitivity), rule)
+            for name in models}
 
 
 def evaluate_model(
-    model_xml: str | Path, preprocess: Preprocess, dataset: PatchDataset, rules: EvalConfig,
-    *, report_dir: str | Path, history: list[dict[str, Any]], best_epoch: int,
-    val_holdout: float = 0.0,
+    scored: Scored, rules: EvalConfig, *, report_dir: str | Path,
+    history: list[dict[str, Any]], best_epoch: int,
 ) -> Evaluation:
-    """Choose the f32 threshold on val by ``rules``, measure test at it, write the report."""
-    scored = score_and_threshold(model_xml, preprocess, dataset, rules,
-                                 val_holdout=val_holdout)
+    """The f32 model's report: val and test at its threshold, metrics.json, the pictures."""
     threshold, rule = scored.threshold, scored.rule
     metrics: dict[str, Any] = {
         "val": scored.val,

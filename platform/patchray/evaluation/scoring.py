@@ -6,6 +6,7 @@ threshold then describe exactly what the hospital integration calls.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,31 +18,32 @@ from patchray.inference.preprocess import Preprocess
 
 
 def score_split(
-    model_xml: str | Path, preprocess: Preprocess, dataset: PatchDataset, split: str, *,
-    concurrency: int = 1, batch_size: int = 256, val_holdout: float = 0.0,
-    inference_precision: str = "f32",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(labels, probabilities)`` for every labelled patch of ``split``."""
+    models: Mapping[str, tuple[str | Path, str]], preprocess: Preprocess, dataset: PatchDataset,
+    split: str, *, concurrency: int = 1, batch_size: int = 256, val_holdout: float = 0.0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(labels, {name: probabilities})`` for every labelled patch of ``split``, each model
+    (``name -> (IR xml, inference precision hint)``) scoring the same decoded patches."""
     ds = read_split(dataset, split, val_holdout=val_holdout).map_batches(
         BatchScorer,
-        fn_constructor_args=(str(model_xml), preprocess.model_dump(mode="json"),
-                             dataset.encoding, inference_precision),
+        fn_constructor_args=({n: (str(xml), hint) for n, (xml, hint) in models.items()},
+                             preprocess.model_dump(mode="json"), dataset.encoding),
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,
         num_cpus=1,
     )
-    labels, probs = [], []
+    labels, probs = [], {name: [] for name in models}
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             labels.append(batch["label"])
-            probs.append(batch["probability"])
+            for name in models:
+                probs[name].append(batch[f"probability_{name}"])
     except Exception as e:
         raise_explained(e, dataset.root)
     y = np.concatenate(labels).astype(np.float64)
-    p = np.concatenate(probs).astype(np.float64)
     keep = ~np.isnan(y)  # unlabelled patches carry no ground truth to score against
-    return y[keep].astype(np.int64), p[keep]
+    return y[keep].astype(np.int64), {
+        name: np.concatenate(p).astype(np.float64)[keep] for name, p in probs.items()}
 
 
 def labelled_inputs(dataset: PatchDataset, preprocess: Preprocess, split: str, *,
@@ -50,6 +52,5 @@ def labelled_inputs(dataset: PatchDataset, preprocess: Preprocess, split: str, *
     (NNCF's accuracy control validates on these)."""
     rows = [r for r in dataset.sample_rows(split, limit, val_holdout=val_holdout, spread=True)
             if r["label"] is not None]
-    x = preprocess([r["image"] for r in rows], encoding=dataset.encoding,
-                   heights=[r["height"] for r in rows], widths=[r["width"] for r in rows])
+    x = preprocess.to_input(preprocess.rows(rows, encoding=dataset.encoding))
     return x, np.asarray([r["label"] for r in rows], dtype=np.int64)

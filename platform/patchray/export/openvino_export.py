@@ -38,6 +38,7 @@ class ExportResult:
     model_args: dict[str, Any]
     preprocess: Preprocess
     epoch: int  # the checkpoint's epoch (0-based)
+    sample: np.ndarray  # the gate's patches as model input (export times precisions on them)
 
 
 def load_checkpoint_model(checkpoint_dir: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -98,7 +99,7 @@ def export_openvino(
     return ExportResult(
         model_xml=xml, parity_max_abs_diff=diff, parity_patches=len(x),
         architecture=meta["model"], model_args=meta["model_args"], preprocess=preprocess,
-        epoch=meta["epoch"],
+        epoch=meta["epoch"], sample=x,
     )
 
 
@@ -110,9 +111,7 @@ def export_checkpoint(
     meta = json.loads((Path(checkpoint_dir) / CHECKPOINT_META).read_text())
     preprocess = checkpoint_preprocess(meta)
     rows = dataset.sample_rows("val", PARITY_SAMPLE, val_holdout=val_holdout)
-    sample = preprocess.pixels([r["image"] for r in rows], encoding=dataset.encoding,
-                               heights=[r["height"] for r in rows],
-                               widths=[r["width"] for r in rows])
+    sample = preprocess.rows(rows, encoding=dataset.encoding)
     exported = export_openvino(checkpoint_dir, model_dir, sample, parity_atol=parity_atol)
     log.info("exported OpenVINO IR to %s (max |Keras - OpenVINO| = %.1e on %d val patches)",
              model_dir, exported.parity_max_abs_diff, exported.parity_patches)

@@ -10,19 +10,16 @@ fails is recorded with its reason and left out of the registered files.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from patchray.config import EvalConfig, ExportConfig
-from patchray.data.manifest import PatchDataset
-from patchray.evaluation.evaluate import Evaluation, Scored, score_and_threshold
-from patchray.inference.preprocess import Preprocess
+from patchray.config import ExportConfig
+from patchray.evaluation.evaluate import Evaluation, Scored
 from patchray.registry.card import IR_FILES, PrecisionRecord
+from patchray.timing import interleaved_rates
 
 log = logging.getLogger(__name__)
 SPEED_BATCH = 64
@@ -61,23 +58,6 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def images_per_s(compiled: dict[str, Any], x: np.ndarray, *, rounds: int = SPEED_ROUNDS,
-                 seconds: float = SPEED_SECONDS) -> dict[str, float]:
-    """Median images/s of each compiled model on ``x``, run in turn every round so all of
-    them see the same machine load (this machine is shared)."""
-    seen: dict[str, list[float]] = {name: [] for name in compiled}
-    for model in compiled.values():
-        model(x)  # warm-up: first calls allocate
-    for _ in range(rounds):
-        for name, model in compiled.items():
-            calls, t0 = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - t0) < seconds or calls == 0:
-                model(x)
-                calls += 1
-            seen[name].append(calls * len(x) / elapsed)
-    return {name: float(np.median(rates)) for name, rates in seen.items()}
-
-
 def gate(name: str, scored: Scored, f32_auc: float, max_drop: float) -> PrecisionRecord:
     """The record of one precision: AUC against f32's, pass or fail, threshold, metrics."""
     val, test = scored.val, scored.test
@@ -98,13 +78,28 @@ def unavailable(name: str, reason: str) -> PrecisionRecord:
                            available=False, passed=False, reason=reason)
 
 
-def assess_precisions(
-    model_dir: Path, preprocess: Preprocess, dataset: PatchDataset, rules: EvalConfig,
-    export: ExportConfig, f32: Evaluation, *, val_holdout: float = 0.0,
-    int8_error: str | None = None,
-    score: Callable[..., Scored] = score_and_threshold,
-) -> dict[str, PrecisionRecord]:
-    """A record per precision in ``export.precisions`` (f32's from its evaluation)."""
+def candidates(export: ExportConfig, int8_error: str | None = None
+               ) -> tuple[dict[str, Candidate], dict[str, PrecisionRecord]]:
+    """The precisions of ``export.precisions`` to score, and those that cannot run here
+    (with why: no native bf16, NNCF failed)."""
+    run = {"f32": CANDIDATES["f32"]}
+    missing = {}
+    for name in ("bf16", "int8"):
+        if name not in export.precisions:
+            continue
+        reason = ("this CPU has no native bf16 (AVX512-BF16/AMX)"
+                  if name == "bf16" and not cpu_has_bf16() else int8_error if name == "int8"
+                  else None)
+        if reason:
+            missing[name] = unavailable(name, reason)
+        else:
+            run[name] = CANDIDATES[name]
+    return run, missing
+
+
+def assess_precisions(scored: dict[str, Scored], f32: Evaluation, export: ExportConfig,
+                      missing: dict[str, PrecisionRecord]) -> dict[str, PrecisionRecord]:
+    """A record per precision: f32's from its evaluation, the others gated against it."""
     f32_auc = f32.metrics["val"]["auc"]
     records = {"f32": PrecisionRecord(
         file=IR_FILES["f32"], inference_hint="f32", val_auc=f32_auc, auc_drop=0.0,
@@ -112,27 +107,25 @@ def assess_precisions(
         test=f32.metrics["test"])}
     limits = {"bf16": export.bf16_max_auc_drop, "int8": export.int8_max_auc_drop}
     for name in ("bf16", "int8"):
-        if name not in export.precisions:
-            continue
-        if name == "bf16" and not cpu_has_bf16():
-            records[name] = unavailable(name, "this CPU has no native bf16 (AVX512-BF16/AMX)")
-            continue
-        if name == "int8" and int8_error:
-            records[name] = unavailable(name, int8_error)
-            continue
-        scored = score(model_dir / CANDIDATES[name].file, preprocess, dataset, rules,
-                       val_holdout=val_holdout, inference_precision=CANDIDATES[name].hint)
-        records[name] = gate(name, scored, f32_auc, limits[name])
+        if name in scored:
+            records[name] = gate(name, scored[name], f32_auc, limits[name])
+        elif name in missing:
+            records[name] = missing[name]
     return records
 
 
 def with_speeds(model_dir: Path, records: dict[str, PrecisionRecord],
                 x: np.ndarray) -> dict[str, PrecisionRecord]:
-    """Add images/s at batch 64 to every available precision."""
-    names = [n for n, r in records.items() if r.available]
+    """Add images/s at batch 64 to every available precision (median of interleaved
+    rounds, so all of them see the same machine load)."""
     batch = np.resize(x, (SPEED_BATCH, *x.shape[1:])).astype(np.float32)
-    rates = images_per_s({n: CANDIDATES[n].compile(model_dir) for n in names}, batch)
-    return {n: r.model_copy(update={"images_per_s": rates.get(n)}) for n, r in records.items()}
+    compiled = {n: CANDIDATES[n].compile(model_dir) for n, r in records.items() if r.available}
+    for model in compiled.values():
+        model(batch)  # warm-up: first calls allocate
+    rates = interleaved_rates({n: (lambda m=m: m(batch)) for n, m in compiled.items()},
+                              SPEED_BATCH, rounds=SPEED_ROUNDS, min_seconds=SPEED_SECONDS)
+    return {n: r.model_copy(update={"images_per_s": rates[n]["median"] if n in rates else None})
+            for n, r in records.items()}
 
 
 def fastest_passed(records: dict[str, PrecisionRecord]) -> str:

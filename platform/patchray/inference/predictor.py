@@ -95,20 +95,25 @@ class PatchPredictor:
 
 
 class BatchScorer:
-    """Ray Data ``map_batches`` callable: a dataset's records -> ``probability``
-    (and ``label`` passed through). Built on each Ray worker from picklable arguments."""
+    """Ray Data ``map_batches`` callable: a dataset's records -> ``probability`` per model
+    (columns ``probability_<name>``; ``label`` passed through). The patches are decoded once
+    per batch for every model, so precisions compared side by side see the same input.
+    Built on each Ray worker from picklable arguments: ``models`` maps a name to
+    ``(IR xml, OpenVINO inference precision hint)``."""
 
-    def __init__(self, model_xml: str, preprocess: dict[str, Any], encoding: str,
-                 inference_precision: str = DEFAULT_INFERENCE_PRECISION):
-        self.predictor = PatchPredictor(model_xml, Preprocess.model_validate(preprocess),
-                                        inference_precision=inference_precision)
+    def __init__(self, models: dict[str, tuple[str, str]], preprocess: dict[str, Any],
+                 encoding: str):
+        contract = Preprocess.model_validate(preprocess)
+        self.preprocess = contract
+        self.predictors = {name: PatchPredictor(xml, contract, inference_precision=hint)
+                           for name, (xml, hint) in models.items()}
         self.encoding = encoding
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        p = self.predictor.predict_images(list(batch["image"]), encoding=self.encoding,
-                                          heights=batch.get("height"),
-                                          widths=batch.get("width"))
-        out = {"probability": p}
+        x = self.preprocess(list(batch["image"]), encoding=self.encoding,
+                            heights=batch.get("height"), widths=batch.get("width"))
+        out = {f"probability_{name}": predictor.predict_arrays(x)
+               for name, predictor in self.predictors.items()}
         if "label" in batch:
             out["label"] = np.asarray(batch["label"])
         return out

@@ -50,6 +50,12 @@ class Preprocess(BaseModel):
         return decode_patches(images, self.size, encoding=encoding, heights=heights,
                               widths=widths, pad_value=self.pad_value)
 
+    def rows(self, rows: Sequence[dict], *, encoding: str = "png") -> np.ndarray:
+        """A dataset's records (``image``, ``height``, ``width``) -> uint8 patches."""
+        return self.pixels([r["image"] for r in rows], encoding=encoding,
+                           heights=[r["height"] for r in rows],
+                           widths=[r["width"] for r in rows])
+
     def to_input(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ``(N, size, size, 3)`` -> the model's float32 input."""
         if pixels.shape[1:] != (self.size, self.size, 3):

@@ -31,14 +31,18 @@ from patchray.config import DataConfig, TrainJobConfig, dump_config
 from patchray.data.ingest import ingest_synthetic
 from patchray.data.manifest import MANIFEST, PatchDataset
 from patchray.errors import ConfigError, PatchrayError
-from patchray.evaluation.evaluate import METRICS_FILE, Evaluation, evaluate_model
+from patchray.evaluation.evaluate import (
+    METRICS_FILE,
+    Evaluation,
+    evaluate_model,
+    score_and_threshold,
+)
 from patchray.export.openvino_export import ExportResult, export_checkpoint
 from patchray.registry.card import IR_FILES, Evidence, ModelCard, PrecisionRecord
 from patchray.registry.store import ModelRegistry, default_root
 
 log = logging.getLogger(__name__)
 POINTER = "model.json"  # the run's pointer to its registered model
-SAMPLE_PATCHES = 64  # validation patches the speed measurement runs on
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,8 @@ def train_export_evaluate(cfg: TrainJobConfig, dataset: PatchDataset,
                                  val_holdout=cfg.data.val_holdout)
     int8_error = quantize(cfg, dataset, exported, build) if "int8" in cfg.export.precisions \
         else None
-    evaluation = evaluate_model(exported.model_xml, exported.preprocess, dataset, cfg.eval,
-                                report_dir=run_dir / "report", history=outcome.history,
-                                best_epoch=exported.epoch, val_holdout=cfg.data.val_holdout)
-    records = measure_precisions(cfg, dataset, exported, evaluation, build, int8_error)
+    evaluation, records = evaluate_precisions(cfg, dataset, exported, build, int8_error,
+                                              run_dir=run_dir, history=outcome.history)
     name = cfg.export.name or f"{t.model}-{cfg.dataset}"
     card = model_card(cfg, name, dataset, exported, evaluation, records,
                       lineage={"run_dir": str(run_dir), "checkpoint_epoch": exported.epoch,
@@ -145,12 +147,9 @@ def registered_before(run_dir: Path, registry: ModelRegistry,
     return TrainedModel(registry.local_dir(card), metrics, card, registry.root)
 
 
-def _model_inputs(dataset: PatchDataset, exported: ExportResult, split: str, n: int, *,
-                  val_holdout: float = 0.0) -> Any:
-    rows = dataset.sample_rows(split, n, val_holdout=val_holdout, spread=True)
-    return exported.preprocess([r["image"] for r in rows], encoding=dataset.encoding,
-                               heights=[r["height"] for r in rows],
-                               widths=[r["width"] for r in rows])
+def _model_inputs(dataset: PatchDataset, exported: ExportResult, split: str, n: int) -> Any:
+    rows = dataset.sample_rows(split, n, spread=True)
+    return exported.preprocess.to_input(exported.preprocess.rows(rows, encoding=dataset.encoding))
 
 
 def quantize(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
@@ -176,24 +175,30 @@ def quantize(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
     return None
 
 
-def measure_precisions(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
-                       evaluation: Evaluation, build: Path,
-                       int8_error: str | None) -> dict[str, PrecisionRecord]:
+def evaluate_precisions(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
+                        build: Path, int8_error: str | None, *, run_dir: Path,
+                        history: list[dict[str, Any]]
+                        ) -> tuple[Evaluation, dict[str, PrecisionRecord]]:
+    """Score every precision on val and test in one pass per split (the patches decoded
+    once for all), write the f32 report, gate the others against it, and time them."""
     from patchray.export.precisions import (
         assess_precisions,
+        candidates,
         fastest_passed,
         log_precisions,
         with_speeds,
     )
 
-    records = assess_precisions(build, exported.preprocess, dataset, cfg.eval, cfg.export,
-                                evaluation, val_holdout=cfg.data.val_holdout,
-                                int8_error=int8_error)
-    sample = _model_inputs(dataset, exported, "val", SAMPLE_PATCHES,
-                           val_holdout=cfg.data.val_holdout)
-    records = with_speeds(build, records, sample)
+    run, missing = candidates(cfg.export, int8_error)
+    scored = score_and_threshold({n: (build / c.file, c.hint) for n, c in run.items()},
+                                 exported.preprocess, dataset, cfg.eval,
+                                 val_holdout=cfg.data.val_holdout)
+    evaluation = evaluate_model(scored["f32"], cfg.eval, report_dir=run_dir / "report",
+                                history=history, best_epoch=exported.epoch)
+    records = assess_precisions(scored, evaluation, cfg.export, missing)
+    records = with_speeds(build, records, exported.sample)  # the parity gate's val patches
     log_precisions(records, fastest_passed(records))
-    return records
+    return evaluation, records
 
 
 def code_revision() -> str:
