@@ -222,6 +222,27 @@ class TrainJobConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     ray: RayConfig = RayConfig()
 
+    def model_name(self) -> str:
+        """The registered model's name: ``export.name``, else ``<train.model>-<dataset>``."""
+        return self.export.name or f"{self.train.model}-{self.dataset}"
+
+    @model_validator(mode="after")
+    def _registry_names_are_valid(self) -> TrainJobConfig:
+        # Here, before training, not after it when the model is registered.
+        from patchray.errors import RegistryError
+        from patchray.registry.store import check_alias, check_name
+
+        try:
+            check_name(self.model_name())
+        except RegistryError as e:
+            raise ValueError(f"export.name (or <train.model>-<dataset>): {e}") from None
+        if self.registry.alias:
+            try:
+                check_alias(self.registry.alias)
+            except RegistryError as e:
+                raise ValueError(f"registry.alias: {e}") from None
+        return self
+
 
 class DemoConfig(TrainJobConfig):
     """``patchray demo``: make data, train, export, evaluate, then serve and query."""

@@ -109,8 +109,7 @@ def train_export_evaluate(cfg: TrainJobConfig, dataset: PatchDataset,
         else None
     evaluation, records = evaluate_precisions(cfg, dataset, exported, build, int8_error,
                                               run_dir=run_dir, history=outcome.history)
-    name = cfg.export.name or f"{t.model}-{cfg.dataset}"
-    card = model_card(cfg, name, dataset, exported, evaluation, records,
+    card = model_card(cfg, cfg.model_name(), dataset, exported, evaluation, records,
                       lineage={"run_dir": str(run_dir), "checkpoint_epoch": exported.epoch,
                                "weights_sha256": meta["weights_sha256"]})
     published = registry.register(build, card, alias=cfg.registry.alias or None)

@@ -59,3 +59,11 @@ def test_export_config_requires_f32_and_explains_the_removed_version_key():
         load_config(overrides=["export.precisions=[int8]"])
     with pytest.raises(ConfigError, match="export.version is gone: the model registry assigns"):
         load_config(overrides=["export.version=2"])
+
+
+def test_registry_names_are_checked_when_the_spec_loads_not_after_training():
+    assert load_config(overrides=["dataset=idc"]).model_name() == "cnn2-idc"
+    with pytest.raises(ConfigError, match="registry.alias: alias 'Prod!' is not valid"):
+        load_config(overrides=["registry.alias=Prod!"])
+    with pytest.raises(ConfigError, match="export.name .*model name 'my model' is not valid"):
+        load_config(overrides=["export.name=my model"])
