@@ -21,11 +21,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/patchray demo --config jobs/demo.yaml
 
-# Test servers the suite starts itself: Prometheus from Debian (moto comes from PyPI).
+# Test servers and load tools the suite starts itself, from Debian: Prometheus (promtool) and
+# wrk (load on loopback). moto and tritonclient come from PyPI.
+DEBIAN_TEST_DEPS := prometheus wrk
 test-deps:
-	@command -v prometheus >/dev/null || { \
-	  echo "installing Debian package prometheus (the suite starts a real one)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@missing=""; for p in $(DEBIAN_TEST_DEPS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 test: setup test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

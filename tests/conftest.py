@@ -103,6 +103,10 @@ def demo_run(ray_cluster, tmp_path_factory, metrics_port):
             f"serve.port={free_port()}",
             f"serve.metrics_port={metrics_port}",
             "serve.demo_requests=8",
+            # Quick to follow promotions and revocations, so the tests that do both are short.
+            "serve.reload_interval_s=1",
+            "serve.keys_refresh_s=1",
+            "registry.alias=staging",  # served as NAME@staging, as make demo does
             # Raw uint8 layout end to end (train, export sample, scoring, HTTP demo); the
             # PNG layout runs end to end in test_train_cli and `make demo`.
             "data.encoding=raw",

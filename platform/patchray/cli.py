@@ -6,6 +6,9 @@
     patchray serve NAME[@VERSION|@ALIAS] | DIR [--precision auto] [--port 8000]
     patchray registry [--registry URI] list | show REF | promote NAME V --to ALIAS |
                       rollback NAME --alias ALIAS | verify REF
+    patchray keys [--store URI] create CLIENT | list [--json] | revoke KEY_ID
+    patchray audit [--dir DIR] [--since 2h] [--until T] [--client C] [--model NAME]
+                   [--model-version V] [--outcome O] [--limit N] [--json]
     patchray models [PATTERN]
     patchray bench infer [--quick] [--out runs/bench]
     patchray ingest idc|pcam|folder SRC --out URI [--encoding png|raw] [--split-map P=train,...]
@@ -95,22 +98,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_model_dir(target: str, registry_root: str | None, runs_root: str) -> Path:
-    """``patchray serve``'s argument: a version folder (with card.json) or a registry
-    reference ``NAME[@VERSION|@ALIAS]``, fetched to a local folder."""
-    from patchray.registry.card import CARD_JSON
-    from patchray.registry.store import ModelRegistry, default_root
-
-    if (Path(target) / CARD_JSON).is_file():
-        return Path(target).resolve()
-    registry = ModelRegistry(registry_root or default_root(runs_root))
-    return registry.local_dir(registry.resolve(target))
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from patchray import runtime
     from patchray.config import ServeJobConfig, load_config
-    from patchray.serving.launch import start_service
+    from patchray.serving.launch import service_args, start_service
 
     overrides = [f"serve.port={args.port}"]
     if args.precision:
@@ -118,11 +109,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides + overrides, model=ServeJobConfig)
     with RunOutput(Path(cfg.runs_root).resolve() / "serve" / "logs" / LOG_NAME,
                    verbose=args.verbose):
-        model_dir = resolve_model_dir(args.model, args.registry, cfg.runs_root)
+        served = service_args(cfg.serve, model=args.model, registry=args.registry or "",
+                              runs_root=cfg.runs_root)
         runtime.init_ray(cfg.ray, metrics_port=cfg.serve.metrics_port)
-        url = start_service(cfg.serve, model_dir)
+        url = start_service(cfg.serve, served)
         _wait_for_interrupt(
-            f"serving {args.model} ({model_dir}) at {url}/v1/predict; metrics on "
+            f"serving {args.model} at {url}/v1/classify and {url}/v2 (KServe); API keys: "
+            f"patchray keys --store {served.keys} create CLIENT; metrics on "
             f"http://127.0.0.1:{cfg.serve.metrics_port}/metrics; Ctrl-C to stop"
         )
         runtime.shutdown(serve=True)
@@ -233,6 +226,97 @@ def _add_registry_commands(sub: Any) -> None:
     verify = rsub.add_parser("verify", help="check every file's sha256 against the card")
     verify.add_argument("ref", metavar="NAME[@VERSION|@ALIAS]")
     verify.set_defaults(func=cmd_registry_verify)
+
+
+def _key_store(args: argparse.Namespace) -> Any:
+    from patchray.serving.keys import KeyStore, default_keys_uri
+
+    return KeyStore(args.store or default_keys_uri())
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    store = _key_store(args)
+    record, token = store.create(args.client)
+    print(token)
+    print(f"key {record.key_id} for client {record.client!r} in {store.uri}: the key above is "
+          "not stored (only its hash) and cannot be shown again", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    store = _key_store(args)
+    rows = [r.model_dump(mode="json", exclude={"sha256"}) for r in store.list()]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    if not rows:
+        print(f"{store.uri}: no keys")
+        return 0
+    print(f"{'key_id':<8}  {'client':<24} {'created':<20}  revoked")
+    for row in rows:
+        print(f"{row['key_id']:<8}  {row['client']:<24} {row['created']:<20}  "
+              f"{row['revoked'] or '-'}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    record = _key_store(args).revoke(args.key_id).model_dump(mode="json")
+    print(f"key {record['key_id']} ({record['client']}) revoked at {record['revoked']}; "
+          "replicas refuse it within serve.keys_refresh_s")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from patchray.serving.audit import default_audit_dir, format_table, parse_time, query_audit
+
+    records = query_audit(
+        args.dir or default_audit_dir(),
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None, client=args.client,
+        model_version=args.model_version, model=args.model, outcome=args.outcome,
+        limit=args.limit)
+    if args.json:
+        for r in records:
+            print(r.model_dump_json())
+    elif records:
+        print(format_table(records))
+    else:
+        print("no audit records match")
+    return 0
+
+
+def _add_service_commands(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys of the service's clients: create, list, revoke")
+    keys.add_argument("--store", metavar="URI", help="key store, local path or s3://... (default "
+                      "$PATCHRAY_KEYS, else runs/service/keys.json)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="a new key for a client (shown once)")
+    create.add_argument("client", help="1-64 letters, digits, '.', '_', '-'")
+    create.set_defaults(func=cmd_keys_create)
+    ls = ksub.add_parser("list", help="key ids, clients, created and revoked (never hashes)")
+    ls.add_argument("--json", action="store_true", help="JSON lines")
+    ls.set_defaults(func=cmd_keys_list)
+    revoke = ksub.add_parser("revoke", help="refuse a key from now on (403)")
+    revoke.add_argument("key_id", help="8 hex characters, as in keys list")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    audit = sub.add_parser("audit", help="the service's audit records, merged over replicas",
+                           description="Query the audit records every replica appended. T is "
+                                       "ISO-8601 (naive = UTC) or an age: 30s, 15m, 2h, 1d.")
+    audit.add_argument("--dir", help="audit folder (default $PATCHRAY_AUDIT, else "
+                       "runs/service/audit)")
+    audit.add_argument("--since", metavar="T", help="from this time or age, e.g. 2h")
+    audit.add_argument("--until", metavar="T", help="up to this time or age")
+    audit.add_argument("--client")
+    audit.add_argument("--model", metavar="NAME")
+    audit.add_argument("--model-version", metavar="V")
+    audit.add_argument("--outcome", metavar="O", help="ok or an error kind")
+    audit.add_argument("--limit", type=int, metavar="N", help="only the most recent N")
+    audit.add_argument("--json", action="store_true", help="JSON lines, one record each")
+    audit.set_defaults(func=cmd_audit)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -406,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(sub)
     _add_registry_commands(sub)
+    _add_service_commands(sub)
     return parser
 
 

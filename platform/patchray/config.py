@@ -174,17 +174,67 @@ class RegistryConfig(_Strict):
 
 
 class ServeAppArgs(_Strict):
-    """How the classifier deployment runs: the Serve application's ``args`` (serve/app.py,
-    serve/config.yaml) and the ``serve:`` section of a job spec, from this one model."""
+    """How the service runs: the Serve application's ``args`` (serve/app.py,
+    serve/config.yaml) and the ``serve:`` section of a job spec, from this one model.
 
-    max_batch_size: int = Field(32, ge=1, description="Patches per OpenVINO call (dynamic batching)")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a batch waits to fill")
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(8, gt=0)
-    replica_cpus: float = Field(0.5, gt=0)
+    Ray Serve's own defaults protect nothing (an unbounded queue, no timeout, 5 requests per
+    replica, which also caps a batch at 5), so every limit here is set on purpose."""
+
+    model: str = Field("", description="What to serve: a registry reference NAME@ALIAS, "
+                       "NAME@VERSION or NAME, or a version folder; a job fills it in")
+    registry: str = Field("", description="Registry root (path or s3://); empty: "
+                          "$PATCHRAY_REGISTRY, else the default beside runs/")
+    follow_alias: bool = Field(True, description="For NAME@ALIAS: replicas follow promotions "
+                               "and rollbacks of the alias, swapping the model in place")
+    reload_interval_s: float = Field(5.0, gt=0, description="How often replicas read the alias")
     precision: Literal["auto", "f32", "bf16", "int8"] = Field(
         "auto", description="auto: the fastest precision that passed its gate (the card's)")
+    # Dynamic batching. The wait is short because it is paid in full by a lone request; under
+    # concurrency batches fill while the model runs the previous one.
+    max_batch_size: int = Field(32, ge=1, description="Patches per OpenVINO call (dynamic batching)")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a batch waits to fill")
+    max_concurrent_batches: int = Field(2, ge=1, description="Batches in flight per ingress replica")
+    # Scaling: the ingress (HTTP, auth, decode, audit) and the classifier (OpenVINO) scale apart.
+    min_replicas: int = Field(1, ge=0, description="Classifier replicas, lower bound")
+    max_replicas: int = Field(2, ge=1, description="Classifier replicas, upper bound")
+    target_ongoing_requests: float = Field(2, gt=0, description="Classifier batches in flight "
+                                           "per replica before the autoscaler adds one")
+    replica_cpus: float = Field(0.5, gt=0, description="CPUs reserved per classifier replica")
+    ingress_min_replicas: int = Field(1, ge=1)
+    ingress_max_replicas: int = Field(2, ge=1)
+    ingress_target_ongoing_requests: float = Field(32, gt=0)
+    ingress_cpus: float = Field(0.25, gt=0)
+    # Overload: requests past the queue are shed with 503 + Retry-After, not queued forever.
+    max_queued_requests: int = Field(128, ge=1, description="Per ingress replica, beyond "
+                                     "max_ongoing_requests; then 503 with Retry-After")
+    retry_after_s: float = Field(1.0, ge=0)
+    request_timeout_s: float = Field(30.0, gt=0, description="End to end, answered 408 (the "
+                                     "HTTP options of a Serve config; applied by patchray serve)")
+    # Input limits.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_patches_per_request: int = Field(64, ge=1)
+    # Answers.
+    review_margin: float = Field(0.1, ge=0, lt=1, description="needs_review when the "
+                                 "probability is within this of the threshold")
+    tta: bool = Field(False, description="Default test-time augmentation (8 rotations and "
+                      "flips, mean); a request may ask for it with ?tta=true")
+    # Clients and audit (files shared by every replica: a shared volume on a real cluster).
+    auth: Literal["api_key", "none"] = Field("api_key", description="none only for benchmarks "
+                                             "and a laptop; health routes are always open")
+    keys: str = Field("", description="API key store URI; empty: $PATCHRAY_KEYS, else "
+                      "runs/service/keys.json")
+    keys_refresh_s: float = Field(5.0, gt=0, description="A revoked key stops working within this")
+    audit_dir: str = Field("", description="Audit folder; empty: $PATCHRAY_AUDIT, else "
+                           "runs/service/audit")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeAppArgs:
+        for low, high in (("min_replicas", "max_replicas"),
+                          ("ingress_min_replicas", "ingress_max_replicas")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"serve.{low} ({getattr(self, low)}) must be <= serve.{high} "
+                                 f"({getattr(self, high)})")
+        return self
 
 
 class ServeConfig(ServeAppArgs):

@@ -147,6 +147,11 @@ def s3fs_filesystem() -> Any:
 # --------------------------------------------------------------------------- URIs
 
 
+def absolute(uri: str) -> str:
+    """A remote URI as it is; a local path made absolute (for processes in other folders)."""
+    return uri if is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path)`` for a local path, ``file://`` or ``s3://`` URI."""
     if not uri:

@@ -46,7 +46,7 @@ def test_serving_path_never_imports_tensorflow(tmp_path):
     proc = _run(
         """
         import sys
-        import patchray.serving.deployment, patchray.serving.launch
+        import patchray.serving.app, patchray.serving.launch, patchray.serving.ingress
         import patchray.inference.predictor, patchray.inference.preprocess
         import patchray.evaluation.scoring, patchray.registry.card, patchray.registry.store
         sys.path.insert(0, %r)

@@ -34,9 +34,13 @@ def test_serve_config_matches_ray_schema_and_app_args():
     spec.loader.exec_module(module)
     (app,) = config["applications"]
     assert app["import_path"] == "serve.app:build"
-    module.AppArgs.model_validate(app["args"])
+    from patchray.config import ServeAppArgs
+
+    ServeAppArgs.model_validate(app["args"])
     with pytest.raises(Exception, match="max_batch"):
-        module.AppArgs.model_validate({**app["args"], "max_batch": 3})
+        module.build({**app["args"], "max_batch": 3})
+    # Serve's own timeout is set on purpose (its default is none).
+    assert config["http_options"]["request_timeout_s"] > 0
 
 
 def test_prometheus_config_is_valid_yaml_with_scrape_jobs():
@@ -48,8 +52,8 @@ def test_grafana_dashboard_queries_only_exported_metrics():
     import json
     import re
 
-    deployment = (REPO / "platform/patchray/serving/deployment.py").read_text()
-    exported = set(re.findall(r'"(patchray_[a-z_]+)"', deployment))
+    source = (REPO / "platform/patchray/serving/metrics.py").read_text()
+    exported = set(re.findall(r'"(patchray_[a-z_]+)"', source))
     dashboard = json.loads((REPO / "infra/grafana/patchray-serving.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for e in exprs

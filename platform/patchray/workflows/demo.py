@@ -19,7 +19,8 @@ from typing import Any
 
 from patchray import runtime
 from patchray.config import DemoConfig, dump_config
-from patchray.serving.launch import balanced_sample, query_service, start_service
+from patchray.serving.launch import (balanced_sample, client_key, query_service,
+                                     service_args, start_service)
 from patchray.workflows.train import open_or_make_dataset, train_export_evaluate
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class DemoResult:
     metrics: dict[str, Any]
     service_url: str
     predictions: list[dict[str, Any]]
+    service: Any = None  # the ServeAppArgs it was deployed with (key store, audit, model)
+    key: str = ""  # the demo client's API key
 
 
 def new_run_dir(cfg: DemoConfig) -> Path:
@@ -71,13 +74,19 @@ def run_demo(cfg: DemoConfig, *, run_dir: Path | None = None,
         log.info("stage 3/4: serve %s (%s) with Ray Serve", trained.card.ref,
                  cfg.serve.precision if cfg.serve.precision != "auto"
                  else trained.card.serving_precision)
-        url = start_service(cfg.serve, trained.model_dir)
+        # Served by alias, as production would be: a promotion reaches the running service.
+        model = (f"{trained.card.name}@{cfg.registry.alias}" if cfg.registry.alias
+                 else trained.model_dir)
+        args = service_args(cfg.serve, model=model, registry=trained.registry,
+                            runs_root=cfg.runs_root)
+        url = start_service(cfg.serve, args)
+        key = client_key(args, "demo")
         lap("serve")
 
         log.info("stage 4/4: send %d held-out test patches over HTTP", cfg.serve.demo_requests)
         rows = balanced_sample(dataset.sample_rows("test", 2000, as_png=True),
                                cfg.serve.demo_requests)
-        answers = query_service(url, rows)
+        answers = query_service(url, rows, key)
         (run_dir / "demo_predictions.json").write_text(json.dumps(answers, indent=2))
         for a in answers:
             mark = "ok  " if a["label"] == a["true_label"] else "MISS"
@@ -87,7 +96,7 @@ def run_demo(cfg: DemoConfig, *, run_dir: Path | None = None,
         lap("query")
         (run_dir / "timings.json").write_text(json.dumps(lap.timings, indent=2))
         _log_where(run_dir, trained, url, cfg, lap.timings)
-        return DemoResult(run_dir, trained.model_dir, trained.metrics, url, answers)
+        return DemoResult(run_dir, trained.model_dir, trained.metrics, url, answers, args, key)
     finally:
         if shutdown:
             runtime.shutdown(serve=True)
@@ -101,5 +110,6 @@ def _log_where(run_dir: Path, trained: Any, url: str, cfg: DemoConfig,
     log.info("  model:     %s in %s (IR files + card.json, card.md)", trained.card.ref,
              trained.registry)
     log.info("  logs:      %s", run_dir / "logs")
-    log.info("service:     %s/v1/predict (metrics on :%d/metrics)", url, cfg.serve.metrics_port)
+    log.info("service:     %s/v1/classify and /v2 (KServe), API key from `patchray keys "
+             "create`; metrics on :%d/metrics", url, cfg.serve.metrics_port)
     log.info("serve again: patchray serve %s --registry %s", trained.card.ref, trained.registry)
