@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-deps test-unit clean
+.PHONY: setup demo test test-deps test-unit clean images image-serve image-train image-train-gpu kuberay-render
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (patchray pins Python 3.11)"; exit 1; }
@@ -34,6 +34,26 @@ test: setup test-deps
 
 test-unit: setup
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# Container images (infra/docker/). The names are what infra/kuberay and infra/cluster use
+# (a unit test holds them together); push to your registry with IMAGE_REGISTRY=... .
+IMAGE_REGISTRY ?= registry.example.com/patchray
+IMAGE_TAG      ?= 0.1.0
+SERVE_IMAGE     := $(IMAGE_REGISTRY)/patchray-serve:$(IMAGE_TAG)
+TRAIN_IMAGE     := $(IMAGE_REGISTRY)/patchray-train:$(IMAGE_TAG)
+TRAIN_GPU_IMAGE := $(IMAGE_REGISTRY)/patchray-train-gpu:$(IMAGE_TAG)
+
+images: image-serve image-train image-train-gpu
+image-serve:
+	docker build -f infra/docker/serve.Dockerfile -t $(SERVE_IMAGE) .
+image-train:
+	docker build -f infra/docker/train.Dockerfile --build-arg EXTRAS=train -t $(TRAIN_IMAGE) .
+image-train-gpu:
+	docker build -f infra/docker/train.Dockerfile --build-arg EXTRAS=train,gpu -t $(TRAIN_GPU_IMAGE) .
+
+# infra/kuberay/rayservice.yaml from its template + serve/config.yaml (one source).
+kuberay-render: setup
+	$(BIN)/python -m patchray.deploy.kuberay
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,6 +14,9 @@
     patchray ingest idc|pcam|folder SRC --out URI [--encoding png|raw] [--split-map P=train,...]
     patchray dataset show URI [--out sheet.png]
     patchray dataset validate URI
+    patchray submit [--address URL] [--working-dir DIR] [--env NAME=VALUE] [--installed]
+                    [--no-wait] [--submission-id ID] COMMAND [ARGS...]   (any command above)
+    patchray jobs list | status ID | logs ID [--follow] | stop ID   [--address URL]
 
 On the terminal: patchray's own progress; Ray's and TensorFlow's logs go to
 ``<run>/logs/patchray.log`` (``--verbose`` shows them too).
@@ -431,6 +434,177 @@ def _add_data_commands(sub: Any) -> None:
     validate.set_defaults(func=cmd_dataset_validate)
 
 
+#: The typed config each command validates its spec with (the others take no spec, or
+#: ingest's data section only: the default model).
+SPEC_MODELS = {"demo": "DemoConfig", "train": "TrainJobConfig", "tune": "TuneJobConfig",
+               "serve": "ServeJobConfig"}
+SUBMIT_OPTIONS = ("--address", "--working-dir", "--env", "--installed", "--no-wait",
+                  "--submission-id")
+
+
+def _checked_job_command(command: list[str]) -> list[str]:
+    """The command a job will run, checked here first: its usage (argparse exits 2 with the
+    usage, as locally) and its spec with the command's own typed config, so a typo fails
+    now and not on the cluster. ``demo`` gets its default spec explicitly, because the
+    cluster's copy of the package may not sit beside jobs/."""
+    from patchray import config as config_module
+    from patchray.cluster.submit import cluster_path_warnings
+
+    if not command:
+        raise PatchrayError("submit needs a patchray command, e.g. `patchray submit --address "
+                            "http://<head>:8265 train --config jobs/train-demo.yaml`")
+    misplaced = [a for a in command if a.split("=", 1)[0] in SUBMIT_OPTIONS]
+    if misplaced:
+        raise PatchrayError(f"{misplaced[0].split('=', 1)[0]} is an option of submit: put it "
+                            f"before the command (patchray submit {misplaced[0]} ... "
+                            f"{command[0]} ...)")
+    inner = build_parser().parse_args(command)
+    if inner.command == "demo" and not inner.config and DEFAULT_SPEC.is_file():
+        command = [command[0], "--config", str(DEFAULT_SPEC), *command[1:]]
+        inner.config = str(DEFAULT_SPEC)
+    if hasattr(inner, "overrides"):  # a command that takes a spec (--config / --set)
+        model = getattr(config_module, SPEC_MODELS.get(inner.command, "PipelineConfig"))
+        cfg = config_module.load_config(inner.config, inner.overrides, model=model)
+        for warning in cluster_path_warnings(cfg.model_dump(mode="json")):
+            print(f"patchray: warning: {warning}", file=sys.stderr)
+    return command
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from patchray.cluster import submit as jobs
+
+    command = _checked_job_command(list(args.job))
+    root = jobs.project_root()
+    working_dir = Path(args.working_dir) if args.working_dir else (root or Path.cwd())
+    request = jobs.prepare_job(command, working_dir=working_dir, cwd=Path.cwd(), env=args.env,
+                               ship_package=not args.installed,
+                               submission_id=args.submission_id)
+    client = jobs.connect(args.address)
+    job_id = jobs.submit(client, request)
+    address = client.get_address()
+    print(f"submitted {job_id} to {address}: {request.entrypoint}", file=sys.stderr)
+    if args.no_wait:
+        print(job_id)
+        print(f"  follow it: patchray jobs logs {job_id} --follow --address {address}",
+              file=sys.stderr)
+        return 0
+    try:
+        jobs.follow_logs(client, job_id, lambda chunk: print(chunk, end="", flush=True))
+    except KeyboardInterrupt:
+        print(f"\npatchray: stopped following; job {job_id} keeps running (patchray jobs "
+              f"stop {job_id} --address {address} stops it)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    row = jobs.wait_for_job(client, job_id, timeout_s=60)
+    code = jobs.exit_status(row["status"], row["driver_exit_code"])
+    print(f"job {job_id}: {row['status']}" + (f" ({row['message']})" if code else ""),
+          file=sys.stderr)
+    return code
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    import json
+
+    from patchray.cluster import submit as jobs
+
+    rows = jobs.list_jobs(jobs.connect(args.address))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(jobs.format_jobs(rows))
+    return 0
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    import json
+
+    from patchray.cluster import submit as jobs
+
+    row = jobs.job_status(jobs.connect(args.address), args.job_id)
+    print(json.dumps(row) if args.json else jobs.format_status(row))
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    from patchray.cluster import submit as jobs
+
+    client = jobs.connect(args.address)
+    if args.follow:
+        jobs.follow_logs(client, args.job_id, lambda chunk: print(chunk, end="", flush=True))
+    else:
+        print(jobs.job_logs(client, args.job_id), end="")
+    return 0
+
+
+def cmd_jobs_stop(args: argparse.Namespace) -> int:
+    from patchray.cluster import submit as jobs
+
+    client = jobs.connect(args.address)
+    if not jobs.stop_job(client, args.job_id):
+        print(f"job {args.job_id} had already ended")
+        return 0
+    row = jobs.wait_for_job(client, args.job_id, timeout_s=60) if args.wait else None
+    print(f"job {args.job_id}: " + (row["status"] if row else "stop requested"))
+    return 0
+
+
+def _address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", metavar="URL",
+                   help="the cluster: its head node's dashboard, http://<head>:8265 (default "
+                        "$RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)")
+
+
+def _add_cluster_commands(sub: Any) -> None:
+    submit = sub.add_parser(
+        "submit", help="run a patchray command as a job on a Ray cluster (Ray Jobs API)",
+        description="Run COMMAND [ARGS...] (any patchray command, exactly as you would run "
+                    "it here) as a job on the cluster: its spec is checked here first, the "
+                    "project folder and this patchray package are uploaded, and the job's "
+                    "driver joins the cluster. No credentials are sent: the cluster's nodes "
+                    "bring their own. With RAY_AUTH_MODE=token clusters, the token comes from "
+                    "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. Follows the "
+                    "job's log until it ends and exits with its status (--no-wait: prints "
+                    "the job id and returns). Put submit's options before COMMAND.",
+    )
+    _address_arg(submit)
+    submit.add_argument("--working-dir", metavar="DIR",
+                        help="uploaded as the job's working directory; --config paths must "
+                             "lie inside it (default: this patchray checkout, else the "
+                             "current folder)")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an extra environment variable for the job (repeatable); names "
+                             "that look like secrets are refused")
+    submit.add_argument("--installed", action="store_true",
+                        help="run the patchray installed on the cluster instead of uploading "
+                             "this one")
+    submit.add_argument("--no-wait", action="store_true",
+                        help="print the job id and return instead of following the log")
+    submit.add_argument("--submission-id", metavar="ID", help="the job's id (default: Ray's)")
+    submit.add_argument("job", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]",
+                        help="e.g. train --config jobs/train-demo.yaml --set train.epochs=2")
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="jobs on a Ray cluster: list, status, logs, stop")
+    jsub = jobs.add_subparsers(dest="jobs_command", required=True)
+    ls = jsub.add_parser("list", help="every job submitted to the cluster")
+    ls.add_argument("--json", action="store_true", help="JSON lines")
+    ls.set_defaults(func=cmd_jobs_list)
+    status = jsub.add_parser("status", help="a job's status, command, times and exit status")
+    status.add_argument("job_id", metavar="ID")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_jobs_status)
+    logs = jsub.add_parser("logs", help="a job's output")
+    logs.add_argument("job_id", metavar="ID")
+    logs.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+    logs.set_defaults(func=cmd_jobs_logs)
+    stop = jsub.add_parser("stop", help="stop a job (its driver, then its workers)")
+    stop.add_argument("job_id", metavar="ID")
+    stop.add_argument("--wait", action="store_true", help="until it has stopped")
+    stop.set_defaults(func=cmd_jobs_stop)
+    for p in (ls, status, logs, stop):
+        _address_arg(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patchray", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -491,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_registry_commands(sub)
     _add_service_commands(sub)
+    _add_cluster_commands(sub)
     return parser
 
 

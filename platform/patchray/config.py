@@ -78,6 +78,13 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="Per-worker batch size")
     learning_rate: float = Field(1e-3, gt=0)
     num_workers: int = Field(2, ge=1)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How Ray places the workers on nodes (Ray Train's placement "
+        "group): PACK fills a node first; STRICT_SPREAD puts every worker on its own node")
+    storage: str = Field(
+        "", description="Where Ray Train keeps the run (checkpoints, each worker's digest "
+        "and node): empty: <runs_root>/<name>/train; on a multi-node cluster storage every "
+        "node reaches (s3://bucket/prefix, or a shared mount): the run is <storage>/<name>/train")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0, description="With use_gpu; < 1 shares a GPU")
@@ -195,15 +202,23 @@ class ServeAppArgs(_Strict):
     batch_wait_timeout_s: float = Field(0.002, ge=0, description="How long a batch waits to fill")
     max_concurrent_batches: int = Field(2, ge=1, description="Batches in flight per ingress replica")
     # Scaling: the ingress (HTTP, auth, decode, audit) and the classifier (OpenVINO) scale apart.
+    topology: Literal["fused", "split"] = Field(
+        "fused", description="fused: each ingress replica holds the model (one hop per "
+        "request; measured faster on small nodes, `patchray bench serve`); split: a "
+        "Classifier deployment scaled apart from the ingress (min/max_replicas below)")
     min_replicas: int = Field(1, ge=0, description="Classifier replicas, lower bound")
     max_replicas: int = Field(2, ge=1, description="Classifier replicas, upper bound")
     target_ongoing_requests: float = Field(2, gt=0, description="Classifier batches in flight "
                                            "per replica before the autoscaler adds one")
-    replica_cpus: float = Field(0.5, gt=0, description="CPUs reserved per classifier replica")
+    replica_cpus: float = Field(0.5, gt=0, description="CPUs reserved per classifier replica "
+                                "(fused: per ingress replica, which then holds the model)")
     ingress_min_replicas: int = Field(1, ge=1)
     ingress_max_replicas: int = Field(2, ge=1)
     ingress_target_ongoing_requests: float = Field(32, gt=0)
     ingress_cpus: float = Field(0.25, gt=0)
+    max_replicas_per_node: int = Field(
+        0, ge=0, description="At most this many replicas of each deployment on one Ray node, "
+        "so replicas spread over nodes (0: no limit)")
     # Overload: requests past the queue are shed with 503 + Retry-After, not queued forever.
     max_queued_requests: int = Field(128, ge=1, description="Per ingress replica, beyond "
                                      "max_ongoing_requests; then 503 with Retry-After")
@@ -248,7 +263,9 @@ class ServeConfig(ServeAppArgs):
 
 
 class RayConfig(_Strict):
-    address: str = Field("", description="Empty: start a local cluster; 'auto' or ray://...: join one")
+    address: str = Field("", description="Empty: start a local cluster (a job submitted with "
+                         "`patchray submit` joins its cluster instead); 'auto' or ray://...: "
+                         "join one")
     # Logical CPUs above the physical count leave room for Ray Data next to the trainer on
     # small machines (a trainer reserving every CPU starves Ray Data and hangs).
     num_cpus: int | None = 4

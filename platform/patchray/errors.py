@@ -60,3 +60,7 @@ class RegistryError(PatchrayError):
 
 class IntegrityError(ArtifactError):
     """A registered model's files do not match the sha256 its card recorded."""
+
+
+class ClusterError(PatchrayError):
+    """A Ray cluster cannot be reached, refuses a request (e.g. its token), or has no such job."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tests.integration.ray_nodes import kill_described
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +61,7 @@ def _survivors(seen: set[int], grace_s: float = 30) -> list[str]:
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    described = []
-    for p in alive:
-        try:
-            described.append(f"{p.pid} {' '.join(p.cmdline())[:80]}")
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return described
+    return kill_described(alive)
 
 
 def test_killed_driver_resumes_from_its_last_checkpoint_when_rerun(tiny_dataset, tmp_path):

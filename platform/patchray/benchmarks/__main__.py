@@ -1,7 +1,9 @@
 """Run patchray's benchmarks.
 
-    python -m patchray.benchmarks {ingest,decode,augment,reader,training,memory,infer,tune,all} \\
+    python -m patchray.benchmarks {ingest,decode,augment,reader,training,memory,infer,tune,serve,all} \\
         --out runs/bench [--size 50 --size 96] [--quick]
+    python -m patchray.benchmarks serve --out runs/bench [--quick | --smoke] \\
+        [--model NAME@ALIAS_OR_VERSION_DIR --registry URI]   # wrk against the service
 
 ``--quick`` keeps each benchmark under about two minutes on 2 cores; full runs are larger
 and repeat more. Results: ``<out>/<name>.json`` and ``<out>/<name>.png``.
@@ -13,7 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from patchray.benchmarks import augment, decode, infer, ingest, memory, reader, training, tune
+from patchray.benchmarks import (
+    augment,
+    decode,
+    infer,
+    ingest,
+    memory,
+    reader,
+    serve,
+    training,
+    tune,
+)
 from patchray.benchmarks.common import BenchOptions, say
 
 BENCHMARKS = {
@@ -25,6 +37,7 @@ BENCHMARKS = {
     "memory": memory.run,
     "infer": infer.run,  # Keras vs OpenVINO f32 / bf16 / INT8, batch 1 and 64
     "tune": tune.run,  # minutes: Ray Tune experiments, not a throughput
+    "serve": serve.run,  # wrk against the service vs plain/no-op Serve and the raw model
 }
 
 
@@ -38,12 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small data, few repeats (~2 min each)")
     p.add_argument("--gpu-images-per-s", type=float, default=31_000.0,
                    help="GPU training rate the decode table is sized against")
+    p.add_argument("--model", help="serve: a registered model (NAME@ALIAS or a version "
+                   "folder) instead of training a small one")
+    p.add_argument("--registry", help="serve: the registry root --model is in")
+    p.add_argument("--smoke", action="store_true",
+                   help="serve: the smallest run (concurrency 1 and 4, 2 s each)")
     args = p.parse_args(argv)
     from patchray.runtime import prepare_process
 
     prepare_process()  # the one process environment (legacy Keras, quiet TensorFlow)
     opts = BenchOptions(out=args.out, sizes=tuple(args.sizes or (50, 96)), quick=args.quick,
-                        gpu_images_per_s=args.gpu_images_per_s)
+                        gpu_images_per_s=args.gpu_images_per_s,
+                        extra={k: v for k, v in (("model", args.model),
+                                                 ("registry", args.registry),
+                                                 ("smoke", args.smoke)) if v})
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     for name in names:
         say(f"=== {name} ({'quick' if opts.quick else 'full'}, sizes {list(opts.sizes)}) ===")

@@ -75,8 +75,10 @@ def score_and_threshold(
 def evaluate_model(
     scored: Scored, rules: EvalConfig, *, report_dir: str | Path,
     history: list[dict[str, Any]], best_epoch: int,
+    workers: list[dict[str, Any]] | None = None,
 ) -> Evaluation:
-    """The f32 model's report: val and test at its threshold, metrics.json, the pictures."""
+    """The f32 model's report: val and test at its threshold, metrics.json, the pictures.
+    ``workers``: the training workers (rank, node id), recorded as they are."""
     threshold, rule = scored.threshold, scored.rule
     metrics: dict[str, Any] = {
         "val": scored.val,
@@ -86,6 +88,8 @@ def evaluate_model(
         "history": history,
         "threshold": {"value": threshold, **rule},
     }
+    if workers:
+        metrics["workers"] = workers
     report = Path(report_dir)
     report.mkdir(parents=True, exist_ok=True)
     pictures = write_report(report, y_true=scored.y_test, y_score=scored.p_test,

@@ -7,6 +7,7 @@ evaluation uses before any card exists, so the export step writes the card once)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ class PatchPredictor:
         self.card = card  # ModelCard when loaded from a registered model
         self.precision = inference_precision or "f32"
         self._compiled = ov.Core().compile_model(self.model_xml, device, config)
+        # A compiled model is thread-safe, an infer request is not: ``compiled(x)`` shares
+        # one, so a health check in Serve's thread beside a batch on the event loop failed
+        # with "Infer Request is busy" under load. One request per calling thread instead.
+        self._requests = threading.local()
 
     @classmethod
     def from_card(cls, model_dir: str | Path, card: Any = None, *, precision: str = "auto",
@@ -80,7 +85,11 @@ class PatchPredictor:
         """Model input (float32 NHWC, see Preprocess.to_input) -> probabilities, (N,)."""
         if x.shape[0] == 0:
             return np.zeros((0,), dtype=np.float32)
-        return np.asarray(self._compiled(x)[0], dtype=np.float32).reshape(-1)
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._compiled.create_infer_request()
+        out = request.infer([x], share_inputs=True)[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)  # outputs are copied (default)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ``(N, size, size, 3)`` patches -> probabilities."""

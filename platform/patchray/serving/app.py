@@ -50,7 +50,11 @@ def build_app(args: ServeAppArgs) -> Any:
     """The bound application for ``serve.run`` or a Serve config's ``import_path``."""
     args = resolved(args)
     config = args.model_dump(mode="json")
-    classifier = Classifier.options(
+    # 0 leaves the option out, so Serve places replicas as it likes.
+    spread = ({"max_replicas_per_node": args.max_replicas_per_node}
+              if args.max_replicas_per_node else {})
+    fused = args.topology == "fused"
+    classifier = None if fused else Classifier.options(
         autoscaling_config={
             "min_replicas": args.min_replicas,
             "initial_replicas": max(1, args.min_replicas),
@@ -62,7 +66,11 @@ def build_app(args: ServeAppArgs) -> Any:
         ray_actor_options={"num_cpus": args.replica_cpus},
         user_config={"model": args.model},
         logging_config=NO_ACCESS_LOG,
+        **spread,
     ).bind(config)
+    # Fused: the ingress holds the model, so it takes the model's reservation and its
+    # user_config (a declarative `serve deploy` of a new model reconfigures it in place).
+    fused_options = ({"user_config": {"model": args.model}} if fused else {})
     return Ingress.options(
         autoscaling_config={
             "min_replicas": args.ingress_min_replicas,
@@ -74,6 +82,9 @@ def build_app(args: ServeAppArgs) -> Any:
         max_queued_requests=args.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503,
                                                retry_after_s=args.retry_after_s),
-        ray_actor_options={"num_cpus": args.ingress_cpus},
+        ray_actor_options={"num_cpus": max(args.ingress_cpus, args.replica_cpus) if fused
+                           else args.ingress_cpus},
         logging_config=NO_ACCESS_LOG,
+        **fused_options,
+        **spread,
     ).bind(classifier, config)

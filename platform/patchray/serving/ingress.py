@@ -40,6 +40,7 @@ from patchray.inference.preprocess import Preprocess
 from patchray.serving import protocol_v2 as v2
 from patchray.serving.answers import ModelInfo, predictions, review_band, tta_mean, tta_views
 from patchray.serving.audit import AuditLog, default_audit_dir, writer_id_for
+from patchray.serving.classifier import LocalClassifier, ModelHolder, RemoteClassifier
 from patchray.serving.inputs import InputError, check_pixel_tensor, decode_patch, strict_b64decode
 from patchray.serving.keys import KeyCache, default_keys_uri
 from patchray.serving.metrics import IngressMetrics
@@ -228,8 +229,12 @@ async def _one(body: bytes) -> bytes:  # MultiPartParser reads from an async str
 @serve.ingress(api)
 class Ingress:
     def __init__(self, classifier: Any, args: dict[str, Any]):
+        """``classifier``: the Classifier deployment's handle (``topology: split``), or None
+        to hold the model here (``fused``)."""
         self.args = ServeAppArgs.model_validate(args)
-        self.classifier = classifier
+        self.core = ModelHolder(self.args) if classifier is None else None
+        self.classifier = (LocalClassifier(self.core) if self.core is not None
+                           else RemoteClassifier(classifier))
         self.metrics = IngressMetrics()
         self.keys = (KeyCache(self.args.keys or default_keys_uri(),
                               refresh_s=self.args.keys_refresh_s)
@@ -244,11 +249,24 @@ class Ingress:
         self._info: ModelInfo | None = None
         self._info_at = 0.0
 
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if self.core is not None:  # fused: user_config.model is this replica's to follow
+            self.core.reconfigure(user_config)
+
+    def check_health(self) -> None:
+        if self.core is not None:
+            self.core.check_health()
+
+    def __del__(self) -> None:
+        core = getattr(self, "core", None)
+        if core is not None:
+            core.stop()
+
     # -- the model, as the classifier reports it ----------------------------------------
 
     async def model(self) -> ModelInfo:
         if self._info is None or time.monotonic() - self._info_at > INFO_TTL_S:
-            self._info = ModelInfo.from_dict(await self.classifier.info.remote())
+            self._info = ModelInfo.from_dict(await self.classifier.info())
             self._info_at = time.monotonic()
         return self._info
 
@@ -260,7 +278,7 @@ class Ingress:
                  max_concurrent_batches=DEFAULTS.max_concurrent_batches,
                  batch_size_fn=_patch_count)
     async def _batched(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
-        probabilities, info = await self.classifier.score.remote(np.concatenate(items))
+        probabilities, info = await self.classifier.score(np.concatenate(items))
         out, start = [], 0
         for x in items:
             out.append((probabilities[start:start + len(x)], info))
@@ -274,7 +292,7 @@ class Ingress:
         if len(batch) <= self.args.max_batch_size:
             probabilities, info = await self._batched(batch)
         else:
-            probabilities, info = await self.classifier.score.remote(batch)
+            probabilities, info = await self.classifier.score(batch)
         if tta:
             probabilities = tta_mean(probabilities, len(pixels))
         return probabilities, ModelInfo.from_dict(info)
@@ -441,7 +459,7 @@ class Ingress:
         call = Call("/v1/model")
 
         async def work() -> Response:
-            return JSONResponse(await self.classifier.card.remote())
+            return JSONResponse(await self.classifier.card())
         return await self.handle(request, call, work)
 
     @api.get("/openapi.json", include_in_schema=False)

@@ -69,11 +69,33 @@ class ClassifierMetrics:
                             ("model", "model_version", "precision", "sha256"))
         self.swaps = _metric(metrics.Counter, "patchray_model_swaps_total",
                              "Model versions swapped in place, by outcome", ("outcome",))
+        self.validation_rate = _metric(
+            metrics.Gauge, "patchray_model_validation_positive_rate",
+            "Share of validation patches the served version called tumour, at its precision's "
+            "threshold (from the model card): what the served positive rate is compared to",
+            ("model", "model_version", "precision"))
 
     def serving(self, info: Any, previous: Any = None) -> None:
         if previous is not None:
             self.info.set(0, tags=_info_tags(previous))
         self.info.set(1, tags=_info_tags(info))
+
+    def validated(self, card: Any, info: Any) -> None:
+        rate = validation_positive_rate(card, info.precision)
+        if rate is not None:
+            self.validation_rate.set(rate, tags={"model": info.name, "model_version": info.version,
+                                                 "precision": info.precision})
+
+
+def validation_positive_rate(card: Any, precision: str) -> float | None:
+    """The predicted-positive rate on the validation patients, ``(tp + fp) / n`` from the
+    card's record of ``precision`` (scored at that precision's own threshold); None when the
+    card has no validation counts."""
+    record = card.precisions.get(precision)
+    val = record.val if record is not None else {}
+    if not val.get("n") or val.get("tp") is None or val.get("fp") is None:
+        return None
+    return (val["tp"] + val["fp"]) / val["n"]
 
 
 def _info_tags(info: Any) -> dict[str, str]:

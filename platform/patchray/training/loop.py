@@ -29,6 +29,7 @@ from patchray import storage
 from patchray.evaluation.metrics import binary_metrics
 from patchray.inference.preprocess import Preprocess
 from patchray.logs import worker_progress
+from patchray.training.metrics import TrainingMetrics
 
 CHECKPOINT_META = "meta.json"
 CHECKPOINT_PREFIX = "ckpt"  # tf.train.Checkpoint files: model weights + optimizer state
@@ -240,8 +241,12 @@ class _EpochReporter:
         self.preprocess = Preprocess.model_validate(config["preprocess"])
         self.val_cache: dict[str, list[np.ndarray]] | None = {} if config["cache_val"] else None
         self._local_model: Any = None
+        self.telemetry: TrainingMetrics | None = None
         if rank == 0:
             from patchray.models import create_model
+
+            self.telemetry = TrainingMetrics.for_worker(config, progress.attempt)
+            self.telemetry.started(progress.start_epoch)
 
             # Built now, outside any strategy scope: inside fit (where callbacks run)
             # variable creation would be mirrored, i.e. a collective the others never join.
@@ -275,12 +280,15 @@ class _EpochReporter:
             metrics.update(validation_metrics(y, p))
             metrics["val_seconds"] = time.perf_counter() - t0
             metrics["attempt"] = self.progress.attempt
-            self.progress.history.append(metrics)
+            history = self.progress.history
+            steps_before = history[-1]["optimizer_steps"] if history else 0
+            history.append(metrics)
             meta = self.progress.meta(metrics["epoch"], os.path.basename(saved), self.config,
                                       weights_digest(weights))
             with open(os.path.join(tmp, CHECKPOINT_META), "w") as f:
                 json.dump(meta, f, indent=2)
             _log_epoch(self.config, metrics, self.config["epochs"])
+            self.telemetry.epoch_done(metrics, steps_before)  # type: ignore[union-attr]
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -305,11 +313,15 @@ def _keras_callback(keras: Any, report: _EpochReporter, optimizer: Any) -> Any:
 
 
 def _write_replica_digest(uri: str, model: Any, rank: int, world: int) -> None:
-    # Proof that gradients were all-reduced: every replica ends with the same weights.
+    # Proof that gradients were all-reduced: every replica ends with the same weights; and
+    # of where each worker ran (the run's report lists the nodes).
+    import ray
+
     digest = weights_digest([v.numpy() for v in model.trainable_variables])
     storage.write_json(
         storage.join(uri, f"rank{rank}.json"),
-        {"rank": rank, "world_size": world, "trainable_weights_sha256": digest},
+        {"rank": rank, "world_size": world, "trainable_weights_sha256": digest,
+         "node_id": ray.get_runtime_context().get_node_id()},
     )
 
 

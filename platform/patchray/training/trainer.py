@@ -37,6 +37,8 @@ class TrainingOutcome:
     storage_uri: str  # where Ray Train keeps the run (checkpoints, results)
     epochs_before: int = 0  # epochs the run had already trained when this call started
     trained: bool = True  # False: the run was already complete, no worker was started
+    # The last attempt's workers: rank, world size and Ray node id each (from their digests).
+    workers: tuple[dict[str, Any], ...] = ()
 
 
 def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "", *,
@@ -71,7 +73,8 @@ def scaling_config(cfg: TrainJobConfig) -> Any:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it assigned each worker; the TensorFlow
         # backend does not widen it to the node's GPUs (share_cuda_visible_devices=False).
         resources["GPU"] = t.gpus_per_worker
-    return ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
+    return ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                         placement_strategy=t.placement_strategy)
 
 
 def run_config(cfg: TrainJobConfig, *, storage_root: str, run_name: str,
@@ -150,6 +153,19 @@ def previous_result(storage_root: str, run_name: str) -> Any | None:
     return result if result.checkpoint is not None else None
 
 
+def read_workers(replicas_uri: str) -> list[dict[str, Any]]:
+    """Rank, world size and Ray node id of each worker of a run's last attempt, from the
+    digests every worker writes at ``replicas_uri`` (written from the worker's own node,
+    so on a multi-node cluster they prove where each ran); [] when there are none."""
+    if not storage.exists(replicas_uri):
+        return []
+    workers = []
+    for uri in storage.list_files(replicas_uri, ".json"):
+        digest = storage.read_json(uri)
+        workers.append({k: digest.get(k) for k in ("rank", "world_size", "node_id")})
+    return sorted(workers, key=lambda w: w["rank"] if w["rank"] is not None else -1)
+
+
 def read_meta(checkpoint: Any) -> dict[str, Any]:
     """The ``meta.json`` of a Ray Train checkpoint (epoch, history, resumes, ...)."""
     with checkpoint.as_directory() as d:
@@ -197,6 +213,7 @@ def run_training(
     return outcome_from_result(
         result, storage.join(storage_root, run_name), Path(local_dir),
         epochs_before=epochs_before, trained=epochs_before < cfg.train.epochs,
+        workers=tuple(read_workers(storage.join(storage_root, run_name, "replicas"))),
     )
 
 

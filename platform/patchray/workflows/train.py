@@ -5,6 +5,7 @@ register it.
       config.yaml           the resolved job config
       logs/patchray.log     everything the job and Ray wrote (the CLI puts it there)
       train/                Ray Train run: checkpoints (best K by val AUC), replica digests
+                            (in <train.storage>/<name>/train instead when train.storage is set)
       best_checkpoint/      the best checkpoint, local copy
       export/               IR files as built (f32, INT8), before registration
       model.json            pointer to the registered version (registry, name, version)
@@ -92,8 +93,17 @@ def train_export_evaluate(cfg: TrainJobConfig, dataset: PatchDataset,
     t = cfg.train
     log.info("training %s with Ray Train (%d workers, %d epochs)", t.model, t.num_workers,
              t.epochs)
-    outcome = run_training(cfg, dataset=dataset, storage_root=str(run_dir), run_name="train",
+    # On a multi-node cluster the workers write checkpoints from their own nodes: the run
+    # must live where every node reaches (train.storage), not on the driver's disk.
+    storage_root = (storage.join(storage.absolute(t.storage), cfg.name) if t.storage
+                    else str(run_dir))
+    outcome = run_training(cfg, dataset=dataset, storage_root=storage_root, run_name="train",
                            local_dir=str(run_dir))
+    workers = list(outcome.workers)
+    if workers:
+        nodes = {w["node_id"] for w in workers}
+        log.info("trained on %d worker%s on %d node%s", len(workers),
+                 "" if len(workers) == 1 else "s", len(nodes), "" if len(nodes) == 1 else "s")
     registry = registry_of(cfg)
     meta = json.loads((Path(outcome.best_checkpoint_dir) / CHECKPOINT_META).read_text())
     earlier = registered_before(run_dir, registry, meta["weights_sha256"])
@@ -108,10 +118,12 @@ def train_export_evaluate(cfg: TrainJobConfig, dataset: PatchDataset,
     int8_error = quantize(cfg, dataset, exported, build) if "int8" in cfg.export.precisions \
         else None
     evaluation, records = evaluate_precisions(cfg, dataset, exported, build, int8_error,
-                                              run_dir=run_dir, history=outcome.history)
+                                              run_dir=run_dir, history=outcome.history,
+                                              workers=workers)
     card = model_card(cfg, cfg.model_name(), dataset, exported, evaluation, records,
-                      lineage={"run_dir": str(run_dir), "checkpoint_epoch": exported.epoch,
-                               "weights_sha256": meta["weights_sha256"]})
+                      lineage={"run_dir": str(run_dir), "train_run": outcome.storage_uri,
+                               "checkpoint_epoch": exported.epoch,
+                               "weights_sha256": meta["weights_sha256"], "workers": workers})
     published = registry.register(build, card, alias=cfg.registry.alias or None)
     storage.write_json(str(run_dir / POINTER), {
         "registry": registry.root, "name": published.name, "version": published.version,
@@ -176,7 +188,8 @@ def quantize(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
 
 def evaluate_precisions(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
                         build: Path, int8_error: str | None, *, run_dir: Path,
-                        history: list[dict[str, Any]]
+                        history: list[dict[str, Any]],
+                        workers: list[dict[str, Any]] | None = None,
                         ) -> tuple[Evaluation, dict[str, PrecisionRecord]]:
     """Score every precision on val and test in one pass per split (the patches decoded
     once for all), write the f32 report, gate the others against it, and time them."""
@@ -193,7 +206,7 @@ def evaluate_precisions(cfg: TrainJobConfig, dataset: PatchDataset, exported: Ex
                                  exported.preprocess, dataset, cfg.eval,
                                  val_holdout=cfg.data.val_holdout)
     evaluation = evaluate_model(scored["f32"], cfg.eval, report_dir=run_dir / "report",
-                                history=history, best_epoch=exported.epoch)
+                                history=history, best_epoch=exported.epoch, workers=workers)
     records = assess_precisions(scored, evaluation, cfg.export, missing)
     records = with_speeds(build, records, exported.sample)  # the parity gate's val patches
     log_precisions(records, fastest_passed(records))

@@ -108,3 +108,32 @@ def test_the_skeleton_route_still_answers_one_patch(service):
     flat = r.json()
     assert flat["model"] == service.model and flat["model_version"] == service.version
     assert {"probability", "label", "label_name", "needs_review", "threshold"} <= set(flat)
+
+
+def test_split_topology_gives_the_fused_services_answers(service):
+    """``topology: split`` (a Classifier deployment behind the ingress) beside the session's
+    fused service on the same Serve instance: same patches, same answers, and the model
+    really lives in its own deployment."""
+    from ray import serve
+
+    from patchray.serving.app import build_app
+
+    assert service.args.topology == "fused"
+    split = service.args.model_copy(update={"topology": "split"})
+    serve.run(build_app(split), name="split-check", route_prefix="/split-check")
+    try:
+        status = serve.status().applications["split-check"]
+        assert set(status.deployments) == {"Ingress", "Classifier"}, status.deployments
+        fused_only = serve.status().applications
+        assert not any("Classifier" in a.deployments for n, a in fused_only.items()
+                       if n != "split-check"), "the session's service should be fused"
+        files = [("files", (f"p{k}.png", encode(tissue(seed=k)), "image/png"))
+                 for k in range(6)]
+        answers = [requests.post(f"{base}/v1/classify", files=files, timeout=60,
+                                 headers=service.headers()).json()
+                   for base in (service.url, f"{service.url}/split-check")]
+    finally:
+        serve.delete("split-check")
+    fused, via_split = answers
+    assert via_split["model"] == fused["model"]
+    assert _probabilities(via_split) == pytest.approx(_probabilities(fused), abs=1e-6)

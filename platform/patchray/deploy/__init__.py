@@ -1,0 +1,1 @@
+"""Deployment manifests built from the project's own sources (see :mod:`patchray.deploy.kuberay`)."""
