@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from patchray.errors import ConfigError, UnknownModelError
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every patchray config: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SyntheticDataConfig(_Strict):
+class SyntheticDataConfig(StrictModel):
     """The demo's generated dataset (see patchray.data.synthetic)."""
 
     num_patients: int = Field(12, ge=3)
@@ -31,7 +33,7 @@ class SyntheticDataConfig(_Strict):
     seed: int = 0
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Patient-level split fractions; test gets the rest."""
 
     train: float = Field(0.6, gt=0.0, lt=1.0)
@@ -48,7 +50,7 @@ class SplitConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     root: str = Field("", description="Dataset root (local path or s3://); default: <run_dir>/data")
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
     split: SplitConfig = SplitConfig()
@@ -70,7 +72,7 @@ class DataConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     model: str = Field("cnn2", description="A registry model (`patchray models` lists them)")
     model_args: dict[str, Any] = Field(default_factory=dict)
     input_size: int = Field(50, ge=16, le=512)
@@ -133,12 +135,12 @@ class TrainConfig(_Strict):
         return self
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     threshold_rule: Literal["sensitivity", "youden"] = "sensitivity"
     min_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
 
 
-class ExportConfig(_Strict):
+class ExportConfig(StrictModel):
     name: str = ""  # default: <model>-<dataset>
     parity_atol: float = Field(1e-4, gt=0)
     precisions: list[Literal["f32", "bf16", "int8"]] = Field(
@@ -169,7 +171,7 @@ class ExportConfig(_Strict):
         return list(dict.fromkeys(v))
 
 
-class RegistryConfig(_Strict):
+class RegistryConfig(StrictModel):
     """Where ``patchray train`` registers its model, and what the card says about use."""
 
     root: str = Field("", description="Local path or s3://; default $PATCHRAY_REGISTRY, else "
@@ -180,7 +182,7 @@ class RegistryConfig(_Strict):
                                    description="Added to the card's generated limits")
 
 
-class ServeAppArgs(_Strict):
+class ServeAppArgs(StrictModel):
     """How the service runs: the Serve application's ``args`` (serve/app.py,
     serve/config.yaml) and the ``serve:`` section of a job spec, from this one model.
 
@@ -262,7 +264,7 @@ class ServeConfig(ServeAppArgs):
     demo_requests: int = Field(16, ge=0)
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     address: str = Field("", description="Empty: start a local cluster (a job submitted with "
                          "`patchray submit` joins its cluster instead); 'auto' or ray://...: "
                          "join one")
@@ -275,7 +277,7 @@ class RayConfig(_Strict):
     )
 
 
-class TrainJobConfig(_Strict):
+class TrainJobConfig(StrictModel):
     """``patchray train``: train on an ingested dataset, export, evaluate. Tune samples this
     section set and dumps it back as a job spec."""
 
@@ -317,7 +319,7 @@ class DemoConfig(TrainJobConfig):
     serve: ServeConfig = ServeConfig()
 
 
-class ServeJobConfig(_Strict):
+class ServeJobConfig(StrictModel):
     """``patchray serve``: serve one exported model."""
 
     runs_root: str = "runs"
@@ -325,7 +327,7 @@ class ServeJobConfig(_Strict):
     ray: RayConfig = RayConfig()
 
 
-class Distribution(_Strict):
+class Distribution(StrictModel):
     """One search dimension: exactly one of ``loguniform: [low, high]``, ``uniform: [low,
     high]`` or ``choice: [a, b, ...]``."""
 
@@ -367,7 +369,7 @@ SEARCH_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class SearchSpace(_Strict):
+class SearchSpace(StrictModel):
     """What a tuning job samples; a dimension left out keeps the ``train:``/``data:`` value."""
 
     learning_rate: Distribution | None = None
@@ -401,7 +403,7 @@ class SearchSpace(_Strict):
         return {k: d for k in SEARCH_KEYS if (d := getattr(self, k)) is not None}
 
 
-class TuneResources(_Strict):
+class TuneResources(StrictModel):
     """How trials share the cluster. Empty fields are derived from the cluster's CPUs/GPUs
     (patchray.tuning.plan) so that Ray Data always keeps CPUs."""
 
@@ -412,7 +414,7 @@ class TuneResources(_Strict):
     )
 
 
-class TuneConfig(_Strict):
+class TuneConfig(StrictModel):
     """The ``tune:`` section: a Hyperband (or ASHA, or plain random) search over ``space``."""
 
     space: SearchSpace = SearchSpace()
@@ -502,7 +504,8 @@ def _submodel_at(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseMode
     return current
 
 
-def _explain(error: ValidationError, model: type[BaseModel], source: str) -> str:
+def explain_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
+    """A pydantic error as patchray reports it: file, dotted field, what was expected."""
     lines = [f"invalid config ({source}):"]
     for err in error.errors():
         loc = tuple(err["loc"])
@@ -577,7 +580,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_explain(e, model, source)) from None
+        raise ConfigError(explain_validation_error(e, model, source)) from None
 
 
 def dump_config(config: BaseModel) -> str:
