@@ -14,6 +14,8 @@
     patchray ingest idc|pcam|folder SRC --out URI [--encoding png|raw] [--split-map P=train,...]
     patchray dataset show URI [--out sheet.png]
     patchray dataset validate URI
+    patchray slide tile SLIDE... --out URI [--patients FILE] [--masks DIR] [--split-map ...]
+    patchray slide predict SLIDE... --model NAME@ALIAS|DIR --out DIR [--registry URI]
     patchray submit [--address URL] [--working-dir DIR] [--env NAME=VALUE] [--installed]
                     [--no-wait] [--submission-id ID] COMMAND [ARGS...]   (any command above)
     patchray jobs list | status ID | logs ID [--follow] | stop ID   [--address URL]
@@ -434,10 +436,116 @@ def _add_data_commands(sub: Any) -> None:
     validate.set_defaults(func=cmd_dataset_validate)
 
 
+def cmd_slide_tile(args: argparse.Namespace) -> int:
+    from patchray import runtime
+    from patchray.config import SlideTileJobConfig, load_config
+    from patchray.data.show import format_summary
+    from patchray.data.splits import parse_split_map
+    from patchray.slides.inputs import resolve_slide_inputs
+    from patchray.slides.jobs import THUMBNAILS, run_tile_job
+
+    overrides = list(args.overrides or [])
+    if args.context_scale is not None:
+        overrides.append(f"context_scale={args.context_scale}")
+    cfg = load_config(args.config, overrides, model=SlideTileJobConfig)
+    slides = resolve_slide_inputs(args.slides, patients=args.patients, masks=args.masks,
+                                  missing_mask=cfg.ingest.missing_mask)
+    try:
+        result = run_tile_job(slides, args.out, cfg, split_map=parse_split_map(args.split_map))
+    finally:
+        runtime.shutdown()
+    print(format_summary(args.out, result.manifest))
+    for r in result.manifest.source.get("slides", []):
+        tumour = "" if r["tumour_tiles"] is None else f", {r['tumour_tiles']} tumour"
+        print(f"  {r['slide_id']} (patient {r['patient_id']}): {r['tiles']} tiles{tumour} of "
+              f"{r['windows']} windows")
+    print(f"thumbnails with the tile grid: {args.out.rstrip('/')}/{THUMBNAILS}/")
+    return EXIT_REJECTED if result.report.rejected else 0
+
+
+def cmd_slide_predict(args: argparse.Namespace) -> int:
+    from patchray import runtime
+    from patchray.config import SlidePredictJobConfig, load_config
+    from patchray.slides.inputs import resolve_slide_inputs
+    from patchray.slides.jobs import run_predict_job
+
+    overrides = list(args.overrides)
+    if args.precision:
+        overrides.append(f"predict.precision={args.precision}")
+    cfg = load_config(args.config, overrides, model=SlidePredictJobConfig)
+    slides = resolve_slide_inputs(args.slides)
+    try:
+        result = run_predict_job(slides, args.model, args.out, cfg, registry=args.registry or "")
+    finally:
+        runtime.shutdown()
+    for s in result.summaries:
+        score = "-" if s["slide_score"] is None else f"{s['slide_score']:.3f}"
+        print(f"{s['slide_id']}: {s['tiles']} tiles, score {score}, {s['positive_tiles']} "
+              f"tiles >= {s['threshold']:.3f} in {s['regions']} regions, positive area "
+              f"{s['positive_area']:.4g} {s['area_unit']}")
+    print(f"{result.tiles} tiles in {result.seconds['total']:.1f}s ({result.tiles_per_s:,.0f} "
+          f"tiles/s); heat maps, overlays, GeoJSON and summaries in {result.out}/")
+    return 0
+
+
+def _add_slide_commands(sub: Any) -> None:
+    slide = sub.add_parser("slide", help="whole slides: tile to a dataset, predict heat maps")
+    ssub = slide.add_subparsers(dest="slide_command", required=True)
+    tile = ssub.add_parser(
+        "tile", help="tile slides (tissue only, centre-rule labels) into a Parquet dataset",
+        description="Tile whole slides into the Parquet layout of `patchray ingest` (split by "
+                    "patient, same report and manifest), one Ray task per slide; a thumbnail "
+                    "with the tile grid and a count file per slide go to OUT/slides/. "
+                    "Options: the `tiling:` (patch_size, stride, level or target_mpp, "
+                    "min_tissue_fraction, centre_fraction ...), `slides:` and `ingest:` "
+                    "sections of a spec (jobs/slide-tile.yaml) or --set.")
+    tile.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, ...)")
+    tile.add_argument("--out", required=True, help="dataset root: local path or s3://bucket/prefix")
+    tile.add_argument("--patients", metavar="FILE",
+                      help="slide -> patient table: CSV with slide_id,patient_id columns or "
+                           "YAML {slide_id: patient_id}; default: each slide is its own "
+                           "patient (slide id = file name up to the first dot)")
+    tile.add_argument("--masks", metavar="DIR",
+                      help="tumour masks <slide>[-tumour].geojson (polygons, level-0 pixels, "
+                           "preferred) or .png; tiles are labelled 1 when tumour lies in their "
+                           "centre region (tiling.centre_fraction). Without: unlabelled tiles")
+    tile.add_argument("--split-map", metavar="P=SPLIT,...",
+                      help="assign every patient explicitly, e.g. p01=train,p02=val "
+                           "(needed below 3 patients)")
+    tile.add_argument("--context-scale", type=float, metavar="N",
+                      help="also write each tile's context view (the same centre, N times the "
+                           "field of view) for multiscale_* models, e.g. 4; = --set "
+                           "context_scale=N")
+    _config_args(tile)
+    tile.set_defaults(func=cmd_slide_tile)
+
+    pred = ssub.add_parser(
+        "predict", help="heat maps, overlays, GeoJSON and summaries with a registered model",
+        description="Tile each slide (no mask) at the model's input size (and its microns per "
+                    "pixel when the card and slide state them), score every tile with the "
+                    "OpenVINO model in a Ray Data job, and write per slide OUT/<id>.heatmap.npy, "
+                    ".heatmap.png (over the thumbnail), .geojson (regions >= the model's "
+                    "threshold, QuPath-ready) and .summary.json. Options: `tiling:`, "
+                    "`slides:`, `predict:` (batch_size, concurrency, ...) of "
+                    "jobs/slide-predict.yaml or --set.")
+    pred.add_argument("slides", nargs="+", metavar="SLIDE")
+    pred.add_argument("--model", required=True, metavar="NAME[@VERSION|@ALIAS] | DIR",
+                      help="a registry reference, or a version folder holding card.json")
+    pred.add_argument("--registry", metavar="URI", help="registry root (default "
+                      "$PATCHRAY_REGISTRY, else ./registry)")
+    pred.add_argument("--precision", choices=["auto", "f32", "bf16", "int8"],
+                      help="default auto: the card's serving precision, with its threshold")
+    pred.add_argument("--out", required=True, help="output folder (local)")
+    _config_args(pred)
+    pred.set_defaults(func=cmd_slide_predict)
+
+
+
 #: The typed config each command validates its spec with (the others take no spec, or
 #: ingest's data section only: the default model).
 SPEC_MODELS = {"demo": "DemoConfig", "train": "TrainJobConfig", "tune": "TuneJobConfig",
-               "serve": "ServeJobConfig"}
+               "serve": "ServeJobConfig", "slide tile": "SlideTileJobConfig",
+               "slide predict": "SlidePredictJobConfig"}
 SUBMIT_OPTIONS = ("--address", "--working-dir", "--env", "--installed", "--no-wait",
                   "--submission-id")
 
@@ -463,7 +571,8 @@ def _checked_job_command(command: list[str]) -> list[str]:
         command = [command[0], "--config", str(DEFAULT_SPEC), *command[1:]]
         inner.config = str(DEFAULT_SPEC)
     if hasattr(inner, "overrides"):  # a command that takes a spec (--config / --set)
-        model = getattr(config_module, SPEC_MODELS.get(inner.command, "PipelineConfig"))
+        kind = " ".join(filter(None, (inner.command, getattr(inner, "slide_command", None))))
+        model = getattr(config_module, SPEC_MODELS.get(kind, "PipelineConfig"))
         cfg = config_module.load_config(inner.config, inner.overrides, model=model)
         for warning in cluster_path_warnings(cfg.model_dump(mode="json")):
             print(f"patchray: warning: {warning}", file=sys.stderr)
@@ -658,11 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Options after the name go to the benchmark runner "
                                        "(--out DIR, --quick, --size N).")
     bench.add_argument("name", help="infer, training, tune, ingest, decode, augment, reader, "
-                                    "memory or all")
+                                    "memory, serve, slides or all")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
 
     _add_data_commands(sub)
+    _add_slide_commands(sub)
     _add_registry_commands(sub)
     _add_service_commands(sub)
     _add_cluster_commands(sub)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from patchray.data.manifest import PatchDataset
-from patchray.models import list_models
+from patchray.models import get_model_info, list_models
 
 pytestmark = pytest.mark.integration
 
@@ -195,7 +195,9 @@ def test_best_checkpoint_by_val_auc_is_exported_and_finished_run_is_not_retraine
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=() if n in FAST_MODELS else pytest.mark.slow) for n in list_models()],
+    # Multi-scale models need a two-view dataset: tests/integration/models/test_multiscale.py.
+    [pytest.param(n, marks=() if n in FAST_MODELS else pytest.mark.slow) for n in list_models()
+     if not get_model_info(n).multiscale],
 )
 def test_every_registered_model_trains_data_parallel(name, ray_cluster, tiny_dataset, tmp_path):
     from patchray.training.trainer import run_training

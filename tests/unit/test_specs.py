@@ -10,13 +10,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("spec", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
 def test_job_specs_validate_as_the_config_of_their_job(spec):
-    from patchray.config import DemoConfig, TrainJobConfig, TuneJobConfig, load_config
+    from patchray.config import (
+        DemoConfig, SlidePredictJobConfig, SlideTileJobConfig, TrainJobConfig, TuneJobConfig,
+        load_config,
+    )
 
-    # See jobs/README.md: demo.yaml is `patchray demo`'s, tune-*.yaml `patchray tune`'s.
+    # See jobs/README.md: demo.yaml is `patchray demo`'s, tune-*.yaml `patchray tune`'s,
+    # slide-tile.yaml / slide-predict.yaml `patchray slide tile` / `slide predict`'s.
     if spec.name == "demo.yaml":
         job = DemoConfig
     elif spec.name.startswith("tune-"):
         job = TuneJobConfig
+    elif spec.name == "slide-tile.yaml":
+        job = SlideTileJobConfig
+    elif spec.name == "slide-predict.yaml":
+        job = SlidePredictJobConfig
     else:
         job = TrainJobConfig
     assert isinstance(load_config(spec, model=job), job)

@@ -4,6 +4,7 @@
         --out runs/bench [--size 50 --size 96] [--quick]
     python -m patchray.benchmarks serve --out runs/bench [--quick | --smoke] \\
         [--model NAME@ALIAS_OR_VERSION_DIR --registry URI]   # wrk against the service
+    python -m patchray.benchmarks slides --out runs/bench [--smoke] [--model ... --registry URI]
 
 ``--quick`` keeps each benchmark under about two minutes on 2 cores; full runs are larger
 and repeat more. Results: ``<out>/<name>.json`` and ``<out>/<name>.png``.
@@ -23,6 +24,7 @@ from patchray.benchmarks import (
     memory,
     reader,
     serve,
+    slides,
     training,
     tune,
 )
@@ -38,6 +40,7 @@ BENCHMARKS = {
     "infer": infer.run,  # Keras vs OpenVINO f32 / bf16 / INT8, batch 1 and 64
     "tune": tune.run,  # minutes: Ray Tune experiments, not a throughput
     "serve": serve.run,  # wrk against the service vs plain/no-op Serve and the raw model
+    "slides": slides.run,  # slide predict's heat-map tiles/s vs the raw model's patches/s
 }
 
 
@@ -51,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small data, few repeats (~2 min each)")
     p.add_argument("--gpu-images-per-s", type=float, default=31_000.0,
                    help="GPU training rate the decode table is sized against")
-    p.add_argument("--model", help="serve: a registered model (NAME@ALIAS or a version "
+    p.add_argument("--model", help="serve, slides: a registered model (NAME@ALIAS or a version "
                    "folder) instead of training a small one")
     p.add_argument("--registry", help="serve: the registry root --model is in")
     p.add_argument("--smoke", action="store_true",
-                   help="serve: the smallest run (concurrency 1 and 4, 2 s each)")
+                   help="serve: the smallest run (concurrency 1 and 4, 2 s each); slides: one "
+                   "small slide, one round")
     args = p.parse_args(argv)
     from patchray.runtime import prepare_process
 

@@ -33,7 +33,7 @@ from patchray import storage
 from patchray.data.manifest import MANIFEST, Manifest, parse_manifest
 from patchray.data.records import (
     ALL_SPLITS, PATCH_SCHEMA, ROW_GROUP_ROWS, SCHEMA_VERSION, SPLITS, UNLABELLED, check_encoding,
-    encode_pixels, label_key, pixel_sha256,
+    encode_pixels, label_key, patch_schema, pixel_sha256,
 )
 from patchray.data.report import REPORT_JSON, IngestReport
 from patchray.data.sources import Candidate, PatchSource, SyntheticSource
@@ -59,8 +59,10 @@ def patch_record(
 def encoded_record(
     image: bytes, height: int, width: int, *, label: int | None, patient_id: str,
     slide_id: str, x: int, y: int, source: str, sha256: str,
+    views: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """A PATCH_SCHEMA row from already encoded pixels."""
+    """A PATCH_SCHEMA row from already encoded pixels; ``views``: extra image columns
+    (``context_image`` of a multi-scale dataset), encoded like ``image``."""
     return {
         "image": image,
         "label": None if label is None else int(label),
@@ -72,15 +74,16 @@ def encoded_record(
         "width": int(width),
         "source": source,
         "sha256": sha256,
+        **(views or {}),
     }
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _write_table(rows: list[dict], uri: str) -> None:
+def _write_table(rows: list[dict], uri: str, schema: pa.Schema = PATCH_SCHEMA) -> None:
     """Write one Parquet file whole: readers see all of it or none of it."""
-    table = pa.Table.from_pylist(rows, schema=PATCH_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=schema)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     storage.write_bytes(uri, buf.getvalue().to_pybytes())
@@ -90,8 +93,10 @@ class SplitWriter:
     """Streams one split's records into ``part-NNNNN.parquet`` files of ``rows_per_file``
     rows, so at most one file's worth of patches is in memory."""
 
-    def __init__(self, root: str, split: str, rows_per_file: int, digest: Any) -> None:
+    def __init__(self, root: str, split: str, rows_per_file: int, digest: Any,
+                 schema: pa.Schema = PATCH_SCHEMA) -> None:
         self.root, self.split, self.rows_per_file, self.digest = root, split, rows_per_file, digest
+        self.schema = schema
         self.buffer: list[dict] = []
         self.files: list[str] = []
         self.labels: Counter[str] = Counter()
@@ -108,7 +113,11 @@ class SplitWriter:
     def flush(self) -> None:
         if self.buffer:
             name = f"{self.split}/part-{len(self.files):05d}.parquet"
-            _write_table(self.buffer, storage.join(self.root, name))
+            uri = storage.join(self.root, name)
+            if self.schema is PATCH_SCHEMA:  # the single-view call, as it always was
+                _write_table(self.buffer, uri)
+            else:
+                _write_table(self.buffer, uri, self.schema)
             self.files.append(name)
             self.buffer = []
 
@@ -174,11 +183,28 @@ class Prepared:
     shape: tuple[int, int] | None = None
     sha256: str | None = None
     reason: str | None = None
+    views: dict[str, bytes] = dataclasses.field(default_factory=dict)  # extra image columns
+
+
+def source_views(source: Any) -> tuple[str, ...]:
+    """The extra image columns a source's records carry: ``view_columns`` of a source that
+    reads more than one view per patch (``read_views``, e.g.
+    :class:`patchray.slides.multiscale.MultiScaleSource`), else none."""
+    return tuple(getattr(source, "view_columns", ()) or ())
 
 
 def prepare_chunk(source: PatchSource, chunk: list[Candidate], encoding: str) -> list[Prepared]:
     """Decode, hash and re-encode a chunk of candidates (the costly part; runs in a worker)."""
     out = []
+    if source_views(source):
+        for cand, pixels, views, reason in source.read_views(chunk):  # type: ignore[attr-defined]
+            if pixels is None:
+                out.append(Prepared(cand, reason=str(reason)))
+            else:
+                out.append(Prepared(cand, encode_pixels(pixels, encoding), pixels.shape[:2],
+                                    pixel_sha256(pixels),
+                                    views={k: encode_pixels(v, encoding) for k, v in views.items()}))
+        return out
     for cand, pixels, reason in source.read_pixels(chunk):
         if pixels is None:
             out.append(Prepared(cand, reason=str(reason)))
@@ -302,7 +328,9 @@ def ingest_source(
 
     begin_dataset(root)
     digest = hashlib.sha256()
-    writers = {s: SplitWriter(root, s, rows_per_file, digest) for s in ALL_SPLITS}
+    views = source_views(source)
+    schema = patch_schema(views)
+    writers = {s: SplitWriter(root, s, rows_per_file, digest, schema) for s in ALL_SPLITS}
     first_of: dict[str, str] = {}  # pixel hash -> source that wrote it
     sizes: Counter[tuple[int, int]] = Counter()
     for p in prepared_patches(source, ordered, encoding, workers):
@@ -318,6 +346,7 @@ def ingest_source(
         writers[str(cand.split)].add(encoded_record(
             p.image, *p.shape, label=cand.label, patient_id=cand.patient_id,
             slide_id=cand.slide_id, x=cand.x, y=cand.y, source=cand.source, sha256=p.sha256,
+            views=p.views,
         ))
     finished = {s: w.finish() for s, w in writers.items()}
     splits = {s: v for s, v in finished.items() if s in SPLITS or v["rows"]}
@@ -329,7 +358,11 @@ def ingest_source(
             f"{storage.join(root, REPORT_JSON)}"
         )
     undersized, nominal = count_undersized(sizes, source.nominal_size)
+    # Only multi-scale sources add keys: every other manifest stays byte-for-byte as it was.
+    extra = ({"views": list(views), "context_scale": float(source.context_scale)}  # type: ignore[attr-defined]
+             if views else {})
     manifest = finish_dataset(root, splits, {
+        **extra,
         "dataset": source.kind,
         "source": source.describe(),
         "split_rule": rule,

@@ -68,6 +68,10 @@ class Manifest(_Doc):
     patch_sizes: dict[str, int] = {}
     report: str | None = None
     synthetic: dict[str, Any] | None = None  # written by versions before the synthetic source
+    # A multi-scale dataset (patchray.slides.multiscale): its extra image columns, and how
+    # many times the patch's field of view the context view covers.
+    views: list[Literal["context_image"]] = []
+    context_scale: float | None = Field(None, gt=1.0)
 
     def split(self, name: str) -> SplitInfo:
         """A split's entry; an absent split is an empty one."""
@@ -144,6 +148,16 @@ class PatchDataset:
     @property
     def encoding(self) -> str:
         return self.manifest.encoding
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Extra image columns beside ``image`` (``context_image``: a multi-scale dataset)."""
+        return tuple(self.manifest.views)
+
+    @property
+    def context_scale(self) -> float | None:
+        """A multi-scale dataset's context field of view / the patch's; else None."""
+        return self.manifest.context_scale if "context_image" in self.manifest.views else None
 
     @property
     def content_sha256(self) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from patchray.data.manifest import PatchDataset, holdout_rows
-from patchray.data.records import PATCH_SCHEMA
+from patchray.data.records import patch_schema
 from patchray.data.transforms import class_weights, prepare_training_batch
 from patchray.errors import DataError
 
@@ -23,23 +23,32 @@ RAW_SHAPE_COLUMNS = ["height", "width"]  # a raw patch's bytes carry no shape
 
 def read_split(
     dataset: PatchDataset, split: str, *, columns: list[str] | None = None,
-    parquet_reader: str = "v1", val_holdout: float = 0.0,
+    parquet_reader: str = "v1", val_holdout: float = 0.0, views: list[str] | None = None,
 ) -> Any:
     """A lazy Ray Dataset over one split (train/val/test) of ``dataset``.
 
-    Reads ``image`` and ``label`` (plus ``height``/``width`` for raw-encoded datasets) unless
-    ``columns`` says otherwise. With the ``v1`` reader every Parquet page's CRC is verified as
-    it is read, so a corrupted file fails the read instead of training on garbage. Ray 2.60's
-    ``v2`` reader drops pyarrow's scan options, so there only ``patchray dataset validate``
-    checks the pages. ``val_holdout``: see :meth:`PatchDataset.resolve`.
+    Reads ``image`` and ``label`` (plus ``height``/``width`` for raw-encoded datasets, and
+    the extra image columns ``views``, default: all the dataset has, e.g. a multi-scale
+    dataset's ``context_image``) unless ``columns`` says otherwise. With the ``v1`` reader
+    every Parquet page's CRC is verified as it is read, so a corrupted file fails the read
+    instead of training on garbage. Ray 2.60's ``v2`` reader drops pyarrow's scan options,
+    so there only ``patchray dataset validate`` checks the pages. ``val_holdout``: see
+    :meth:`PatchDataset.resolve`.
     """
     stored, held_out = dataset.resolve(split, val_holdout)
     fs, paths = dataset.split_files(stored)
     if columns is None:
         columns = READ_COLUMNS + (RAW_SHAPE_COLUMNS if dataset.encoding == "raw" else [])
+        missing = [v for v in views or () if v not in dataset.views]
+        if missing:
+            raise DataError(f"{dataset.root}: has no {', '.join(missing)} column (views: "
+                            f"{list(dataset.views) or 'none'}); a multi-scale model trains "
+                            "on a dataset from patchray.slides.multiscale")
+        columns += list(dataset.views if views is None else views)
+    schema = patch_schema(dataset.views)
     if held_out is None:
-        return _read_parquet(paths, fs, columns, parquet_reader)
-    ds = _read_parquet(paths, fs, sorted({*columns, "sha256"}), parquet_reader)
+        return _read_parquet(paths, fs, columns, parquet_reader, schema)
+    ds = _read_parquet(paths, fs, sorted({*columns, "sha256"}), parquet_reader, schema)
     part = functools.partial(_holdout_part, fraction=val_holdout, held_out=held_out,
                              columns=columns)
     return ds.map_batches(part, batch_format="pyarrow")
@@ -49,20 +58,21 @@ def _holdout_part(table: Any, *, fraction: float, held_out: bool, columns: list[
     return holdout_rows(table, fraction, held_out).select(columns)
 
 
-def _read_parquet(paths: list[str], fs: Any, columns: list[str], parquet_reader: str) -> Any:
+def _read_parquet(paths: list[str], fs: Any, columns: list[str], parquet_reader: str,
+                  schema: Any) -> Any:
     import pyarrow.dataset as pds
     import ray.data
 
     with use_parquet_reader(parquet_reader):
         if parquet_reader == "v2":  # v2 deprecates columns= in favour of a projection
-            ds = ray.data.read_parquet(paths, filesystem=fs, schema=PATCH_SCHEMA)
+            ds = ray.data.read_parquet(paths, filesystem=fs, schema=schema)
             return ds.select_columns(columns)
         # Ray's own defaults (buffered 8 MiB reads) plus the checksum check; Ray keeps a
         # user-supplied fragment_scan_options instead of its own.
         verified = pds.ParquetFragmentScanOptions(
             use_buffered_stream=True, buffer_size=8 << 20, page_checksum_verification=True
         )
-        return ray.data.read_parquet(paths, filesystem=fs, columns=columns, schema=PATCH_SCHEMA,
+        return ray.data.read_parquet(paths, filesystem=fs, columns=columns, schema=schema,
                                      fragment_scan_options=verified)
 
 
@@ -128,7 +138,8 @@ def training_dataset(
 ) -> Any:
     """Split ``split`` as a Ray Dataset of ``x`` (uint8 NHWC patches, decoded, fitted and
     padded by ``preprocess``, a Preprocess; the training worker scales them), ``y`` (label)
-    and ``w`` (sample weight, ``weighting`` of train's label counts)."""
+    and ``w`` (sample weight, ``weighting`` of train's label counts); for a multi-scale
+    contract (``preprocess.context_scale``) also ``context``, augmented like ``x``."""
     weights = class_weights(dataset.label_counts("train"), weighting)
     encoding = dataset.encoding
     # Fresh entropy per batch (seed=None): a fixed seed would repeat the same augmentation
@@ -137,7 +148,14 @@ def training_dataset(
         prepare_training_batch, size=preprocess.size, augment_patches=augment, weights=weights,
         augment_strength=augment_strength, seed=None, encoding=encoding, pad_value=preprocess.pad_value,
     )
-    ds = read_split(dataset, split, parquet_reader=parquet_reader, val_holdout=val_holdout)
+    ds = read_split(dataset, split, parquet_reader=parquet_reader, val_holdout=val_holdout,
+                    views=contract_views(preprocess))
     return ds.map_batches(
         prepare, batch_format="numpy", batch_size=batch_size
     )
+
+
+def contract_views(preprocess: Any) -> list[str]:
+    """The extra image columns a model with this contract reads: ``context_image`` for a
+    multi-scale one (``context_scale`` set), none otherwise."""
+    return ["context_image"] if getattr(preprocess, "context_scale", None) else []

@@ -40,6 +40,20 @@ PATCH_SCHEMA = pa.schema(
     ]
 )
 
+#: Extra image columns a dataset may carry beside ``image`` (same encoding, same native size):
+#: ``context_image`` is a multi-scale dataset's second view (:mod:`patchray.slides.multiscale`).
+VIEW_COLUMNS = ("context_image",)
+
+
+def patch_schema(views: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+    """PATCH_SCHEMA, plus the extra image columns ``views`` (from :data:`VIEW_COLUMNS`)."""
+    schema = PATCH_SCHEMA
+    for name in views:
+        if name not in VIEW_COLUMNS:
+            raise DataError(f"unknown view column {name!r}; expected one of {VIEW_COLUMNS}")
+        schema = schema.append(pa.field(name, pa.binary(), nullable=False))
+    return schema
+
 
 ENCODINGS = ("png", "raw")
 

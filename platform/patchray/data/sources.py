@@ -487,6 +487,111 @@ class SyntheticSource:
                 "positive_fraction": self.positive_fraction, "seed": self.seed}
 
 
+# --------------------------------------------------------------------------- whole slides
+
+
+def scan_slides_here(source: SlideSource) -> list[Any]:
+    """Scan a source's slides one after another in this process (no Ray)."""
+    from patchray.slides.inputs import scan_slide
+
+    return [scan_slide(s, source.config, thumbnails=source.thumbnails, backend=source.backend,
+                       thumbnail_max_side=source.thumbnail_max_side) for s in source.slides]
+
+
+@dataclass
+class SlideSource:
+    """Tiles of whole slides (:mod:`patchray.slides`), ingested like any patch source.
+
+    :meth:`scan` tiles every slide (tissue mask, grid, centre labels from its tumour mask:
+    low-resolution levels only) through ``scan_all``: one after another by default, one Ray
+    task per slide from :mod:`patchray.slides.jobs`. :meth:`read_pixels` opens each slide
+    once per chunk (readers hold files: never pickled) and reads neighbouring tiles
+    together. Records carry the slide id, its patient, and ``x``/``y`` at level 0; the
+    level, sizes and microns per pixel of every slide are in :meth:`describe` (the
+    manifest's ``source``).
+    """
+
+    slides: list[Any]  # patchray.slides.inputs.SlideInput
+    config: Any  # patchray.config.TilingConfig
+    backend: str = "auto"
+    thumbnails: str | None = None  # folder URI for <slide>.png / <slide>.json
+    thumbnail_max_side: int = 1024
+    scan_all: Any = None  # (SlideSource) -> list[SlideScan]; None: scan_slides_here
+    root: Path = Path("<slides>")
+    kind: str = "slides"
+    class_names: dict[str, str] = field(
+        default_factory=lambda: {"0": "no tumour in centre", "1": "tumour in centre"})
+    official_splits: bool = False
+    records: list[dict[str, Any]] = field(default_factory=list, init=False)
+    geometry: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        if self.slides:
+            self.root = Path(self.slides[0].path).parent
+
+    @property
+    def nominal_size(self) -> tuple[int, int]:
+        return self.config.patch_size, self.config.patch_size
+
+    def scan(self) -> ScanResult:
+        scans = (self.scan_all or scan_slides_here)(self)
+        result = ScanResult()
+        self.records = [s.record() for s in scans]
+        for index, sc in enumerate(scans):
+            g = sc.geometry
+            self.geometry[sc.slide.path] = g
+            sid, patient = sc.slide.slide_id, sc.slide.patient_id
+            for x, y, label, _ in sc.tiles:
+                result.candidates.append(Candidate(
+                    source=f"{sid}@L{g['level']}[x={x},y={y}]", patient_id=patient,
+                    slide_id=sid, label=label, x=x, y=y, path=Path(sc.slide.path), index=index))
+            if not sc.tiles:
+                result.rejected.append((sc.slide.path, f"no tissue tiles ({sc.summary})"))
+        return result
+
+    def read_pixels(self, candidates: Iterable[Candidate]) -> Iterator[Loaded]:
+        """Pixels of tiles, reading each run of one slide's candidates together."""
+        from itertools import groupby
+
+        from patchray.slides.reader import open_slide
+        from patchray.slides.tiling import Tile, read_tiles
+
+        readers: dict[Path, Any] = {}
+        try:
+            for path, run in groupby(candidates, key=lambda c: c.path):
+                run = list(run)
+                g = self.geometry[str(path)]
+                try:
+                    if path not in readers:
+                        readers[path] = open_slide(path, backend=self.backend)  # type: ignore[arg-type]
+                    tiles = [Tile(c.slide_id, c.patient_id, g["level"], c.x, c.y,
+                                  g["read_size"], g["patch_size"], g["side0"], g["mpp"], 0.0,
+                                  c.label, None) for c in run]
+                    pixels = read_tiles(readers[path], tiles)
+                except DataError as e:
+                    for cand in run:
+                        yield cand, None, str(e)
+                    continue
+                for cand, p in zip(run, pixels, strict=True):
+                    yield cand, p, None
+        finally:
+            for reader in readers.values():
+                reader.close()
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest's ``source``: the tiling config and, per slide, its patient, mask,
+        level, sizes and microns per pixel (``microns_per_pixel``: of the patches, the same
+        for every slide when tiled with ``target_mpp``; else None when they differ)."""
+        mpps = {r["microns_per_pixel"] for r in self.records}
+        mpp = next(iter(mpps)) if len(mpps) == 1 else None
+        return {"kind": self.kind, "tiling": self.config.model_dump(mode="json"),
+                "patch_size": self.config.patch_size,
+                "microns_per_pixel": round(mpp, 6) if mpp else None,
+                "centre_rule": {"centre_fraction": self.config.centre_fraction,
+                                "min_centre_tumour": self.config.min_centre_tumour},
+                "backend": self.backend, "slides": self.records}
+
+
 # --------------------------------------------------------------------------- factory
 
 

@@ -240,12 +240,24 @@ def prepare_training_batch(
     in Ray's object store and in every in-flight block, which is what bounds memory when a
     dataset is many times larger than the store. ``encoding="raw"`` (see
     :func:`decode_patches`) also needs the ``height`` and ``width`` columns in ``batch``
-    unless every patch is ``size`` x ``size``."""
-    x = decode_patches(list(batch["image"]), size, encoding=encoding,
-                       heights=batch.get("height"), widths=batch.get("width"),
-                       pad_value=pad_value)
+    unless every patch is ``size`` x ``size``.
+
+    A multi-scale batch (a ``context_image`` column) also gives ``context``, its second
+    view decoded the same way and augmented with the SAME draws as ``x`` (rotation, flip
+    and colour), so the two views stay concentric and in the same stain."""
+    shape = {"encoding": encoding, "heights": batch.get("height"),
+             "widths": batch.get("width"), "pad_value": pad_value}
+    x = decode_patches(list(batch["image"]), size, **shape)
+    context = (decode_patches(list(batch["context_image"]), size, **shape)
+               if "context_image" in batch else None)
     if augment_patches:
-        x = to_pixels(augment(x, np.random.default_rng(seed), augment_strength))
+        params = draw_augment_params(x.shape[0], np.random.default_rng(seed), augment_strength)
+        x = to_pixels(apply_augment(x, params))
+        if context is not None:
+            context = to_pixels(apply_augment(context, params))
     y = np.asarray(batch["label"], dtype=np.float32)
     w = np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
-    return {"x": x, "y": y, "w": w}
+    out = {"x": x, "y": y, "w": w}
+    if context is not None:
+        out["context"] = context
+    return out

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from patchray import storage
 from patchray.data.manifest import PatchDataset
-from patchray.data.records import ALL_SPLITS, PATCH_SCHEMA, ROW_GROUP_ROWS, label_key
+from patchray.data.records import ALL_SPLITS, ROW_GROUP_ROWS, label_key, patch_schema
 from patchray.data.splits import check_patient_disjoint
 from patchray.errors import DataError
 
@@ -44,11 +44,13 @@ def check_dataset(dataset: PatchDataset) -> dict[str, int]:
     root, splits = dataset.root, dataset.manifest.splits
     check_patient_disjoint({s: set(v.patients) for s, v in splits.items()})
     rows: Counter[str] = Counter({s: 0 for s in splits})
+    schema = patch_schema(dataset.views)  # PATCH_SCHEMA, plus a multi-scale dataset's views
     for split, name in dataset.files():
         pf = open_parquet(root, name)
-        if not pf.schema_arrow.equals(PATCH_SCHEMA):
+        if not pf.schema_arrow.equals(schema):
             raise DataError(
                 f"{storage.join(root, name)}: schema {pf.schema_arrow} is not PATCH_SCHEMA"
+                + (f" with {', '.join(dataset.views)}" if dataset.views else "")
             )
         rows[split] += pf.metadata.num_rows
     for split, info in splits.items():

@@ -115,10 +115,14 @@ def assess_precisions(scored: dict[str, Scored], f32: Evaluation, export: Export
 
 
 def with_speeds(model_dir: Path, records: dict[str, PrecisionRecord],
-                x: np.ndarray) -> dict[str, PrecisionRecord]:
+                x: Any) -> dict[str, PrecisionRecord]:
     """Add images/s at batch 64 to every available precision (median of interleaved
-    rounds, so all of them see the same machine load)."""
-    batch = np.resize(x, (SPEED_BATCH, *x.shape[1:])).astype(np.float32)
+    rounds, so all of them see the same machine load). ``x``: model input, one array or
+    one per input name (a multi-scale model: a tile's two views count as one image)."""
+    def fill(a: np.ndarray) -> np.ndarray:
+        return np.resize(a, (SPEED_BATCH, *a.shape[1:])).astype(np.float32)
+
+    batch: Any = {k: fill(v) for k, v in x.items()} if isinstance(x, dict) else fill(x)
     compiled = {n: CANDIDATES[n].compile(model_dir) for n, r in records.items() if r.available}
     for model in compiled.values():
         model(batch)  # warm-up: first calls allocate

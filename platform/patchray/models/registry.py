@@ -16,6 +16,9 @@ Input contract of every model built by :func:`create_model`
   probability that the patch shows tumour (IDC positive). The output layer is ``float32`` even
   under a ``mixed_float16`` policy.
 * ``model.name`` is the registry name.
+* Multi-scale models (:mod:`patchray.models.multiscale`, registered with
+  ``inputs=("patch", "context")``) take a second input ``context`` of the same shape: the
+  same centre at a coarser scale. :attr:`ModelInfo.inputs` says which, without TensorFlow.
 
 Builder contract
 ----------------
@@ -76,6 +79,11 @@ class ModelInfo:
     min_input_size: int  # smaller inputs are upsampled inside the model (Resizing) to this
     description: str
     family: str  # "small_cnn" | "wideresnet" | "application" | "test"
+    inputs: tuple[str, ...] = (INPUT_NAME,)  # ("patch", "context") for multi-scale models
+
+    @property
+    def multiscale(self) -> bool:
+        return len(self.inputs) > 1
 
     def hyperparameters(self) -> dict[str, Any]:
         """The overridable keyword arguments of the builder and their defaults."""
@@ -97,6 +105,7 @@ def register_model(
     min_input_size: int = 1,
     description: str = "",
     family: str = "",
+    inputs: tuple[str, ...] = (INPUT_NAME,),
 ) -> Callable[[Callable[..., "tf_keras.Model"]], Callable[..., "tf_keras.Model"]]:
     """Decorator registering ``builder`` under ``name``; returns the builder unchanged.
 
@@ -134,6 +143,7 @@ def register_model(
             min_input_size=min_input_size,
             description=doc,
             family=family,
+            inputs=tuple(inputs),
         )
         return builder
 

@@ -6,7 +6,7 @@ imported inside the builders only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from patchray.models.keras_compat import load_keras
 from patchray.models.registry import (
@@ -106,6 +106,19 @@ def build_cnn6(
     keras = load_keras()
     layers = keras.layers
     inputs, x = patch_inputs(input_size, CNN6_MIN_INPUT)
+    x = cnn6_features(x, dropout=dropout, bn_momentum=bn_momentum, width=width)
+    x = layers.Dense(widen(256, width), use_bias=False, name="fc")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="fc_bn")(x)
+    x = layers.ReLU(name="fc_relu")(x)
+    x = layers.Dropout(dense_dropout, name="fc_dropout")(x)
+    return keras.Model(inputs, tumour_output(x), name=name)
+
+
+def cnn6_features(x: Any, *, dropout: float, bn_momentum: float, width: float) -> Any:
+    """CNN-6L's convolutional part on ``x``, flattened: the three [2x (Conv3x3-BN-ReLU) +
+    MaxPool + Dropout] blocks (32, 64, 128 filters times ``width``). Shared by ``cnn6`` and
+    the towers of ``multiscale_cnn6``; the layer names are cnn6's (checkpoints rely on them)."""
+    layers = load_keras().layers
     conv = 0
     for block, filters in enumerate((32, 64, 128), start=1):
         for _ in range(2):
@@ -116,9 +129,4 @@ def build_cnn6(
             x = layers.ReLU(name=f"relu{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
         x = layers.Dropout(dropout, name=f"dropout{block}")(x)
-    x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(widen(256, width), use_bias=False, name="fc")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, name="fc_bn")(x)
-    x = layers.ReLU(name="fc_relu")(x)
-    x = layers.Dropout(dense_dropout, name="fc_dropout")(x)
-    return keras.Model(inputs, tumour_output(x), name=name)
+    return layers.Flatten(name="flatten")(x)

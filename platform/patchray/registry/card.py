@@ -5,7 +5,8 @@ A version folder holds the IR files plus ``card.json`` (this model, validated) a
 ``card.md`` (the same, rendered for people). ``card.json`` is written once, last, by the
 registry after it assigned the version and hashed every file, so its presence marks a
 complete model. Serving and slide prediction take everything they need from here: the input
-contract, the class names, and per precision the IR file, the OpenVINO hint and the
+contract (with ``input.context_scale`` for a multi-scale model's second view), the class
+names, and per precision the IR file, the OpenVINO hint and the
 decision threshold chosen for that precision.
 """
 
@@ -180,6 +181,9 @@ def render_markdown(card: ModelCard) -> str:
         f"- patch: {c.size}x{c.size} px, {c.channels} ({c.layout}, {c.dtype}), decode policy "
         f"`{c.decode_policy}`",
         f"- microns per pixel: {c.microns_per_pixel or 'not recorded by the dataset'}",
+        *([f"- second input `context` (multi-scale): the same centre covering "
+           f"{c.context_scale:g}x the patch's side, shrunk to {c.size}x{c.size} px, scaled "
+           "and padded like the patch"] if c.context_scale else []),
         f"- normalisation: pixels x {c.scale:.6g}",
         f"- smaller patches padded {c.pad_rule} with {c.pad_value}; larger ones "
         f"`{c.resize}`",

@@ -63,6 +63,13 @@ class ModelSource:
 
     def load(self, card: ModelCard | None = None) -> ServedModel:
         card = card or self.card()
+        if card.input.multiscale:
+            # The HTTP APIs take one patch per instance; a context view has no field yet.
+            raise ArtifactError(
+                f"{card.ref}: a multi-scale model (inputs patch and context, context_scale "
+                f"{card.input.context_scale:g}) cannot be served: the serving APIs send one "
+                "patch per instance. Use it with `patchray slide predict`, or serve a "
+                "single-scale model")
         folder = self.folder or self.registry.local_dir(card)  # type: ignore[union-attr]
         predictor = PatchPredictor.from_card(folder, card, precision=self.precision)
         return ServedModel(predictor, model_info(predictor))

@@ -40,75 +40,20 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-# The project's strict base (unknown keys rejected) and its error explainer: a tiling
-# section of a job spec goes through patchray.config.load_config(model=...) unchanged.
-from patchray.config import explain_validation_error, StrictModel
+# The options live with every other typed job config (patchray.config), so slide job specs
+# nest them without an import cycle; they are re-exported here, where they are used.
+from patchray.config import (
+    DEFAULT_CENTRE_FRACTION, TilingConfig, TissueMaskConfig, explain_validation_error,
+)
 from patchray.errors import ConfigError, DataError
 from patchray.slides.reader import SlideReader
-
-# The centre rule issue 13 asks for: a 50-pixel centre of an 80-pixel window. PCam labels
-# with the centre 32x32 of 96x96 (centre_fraction=1/3); both count any tumour pixel.
-DEFAULT_CENTRE_FRACTION = 50 / 80
 
 Polygon = Sequence[tuple[float, float]]  # (x, y) vertices in level-0 pixels
 
 
 # --------------------------------------------------------------------------- options
-
-
-class TissueMaskConfig(StrictModel):
-    """How tissue is told from glass (``tiling.tissue``)."""
-
-    level: int | None = Field(
-        None, ge=0, description="Slide level the mask is computed at; None: the "
-        "lowest-resolution level")
-    min_saturation: float = Field(
-        0.05, ge=0.0, lt=1.0, description="Floor under Otsu's threshold on HSV saturation "
-        "(0-1): white or grey glass stays background even on a slide without tissue")
-    max_pixels: int = Field(
-        16_000_000, ge=1, description="Refuse to read a mask level larger than this")
-
-
-class TilingConfig(StrictModel):
-    """Sliding-window options for one slide (``tiling`` in a job spec)."""
-
-    patch_size: int = Field(96, ge=8, le=4096, description="Side of a patch in pixels, "
-                            "as the model takes it")
-    stride: int | None = Field(None, ge=1, description="Step between windows in patch "
-                               "pixels; None: patch_size (no overlap)")
-    level: int | None = Field(None, ge=0, description="Pyramid level to read as is; "
-                              "exclusive with target_mpp; neither: level 0")
-    target_mpp: float | None = Field(None, gt=0.0, description="Microns per pixel of the "
-                                     "patches; the level is chosen for it")
-    mpp_tolerance: float = Field(0.1, ge=0.0, lt=1.0, description="A level whose mpp is "
-                                 "within this fraction of target_mpp is read without resizing")
-    min_tissue_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Keep a window "
-                                       "when at least this fraction of it is tissue (0: "
-                                       "every window with any tissue)")
-    centre_fraction: float = Field(DEFAULT_CENTRE_FRACTION, gt=0.0, le=1.0, description=(
-        "Side of the labelled centre region as a fraction of the patch side; default "
-        "50/80 (a 50-pixel centre of an 80-pixel window)"))
-    min_centre_tumour: float = Field(0.0, ge=0.0, lt=1.0, description="A window is tumour "
-                                     "when more than this fraction of its centre region is "
-                                     "tumour (0: any tumour pixel)")
-    include_edges: bool = Field(False, description="Also windows that run off the right or "
-                                "bottom edge (the outside reads as white)")
-    tissue: TissueMaskConfig = TissueMaskConfig()
-
-    @model_validator(mode="after")
-    def _one_resolution(self) -> TilingConfig:
-        if self.level is not None and self.target_mpp is not None:
-            raise ValueError(
-                f"level ({self.level}) and target_mpp ({self.target_mpp}) exclude each "
-                "other: set level to read a pyramid level as is, or target_mpp to choose "
-                "the level by microns per pixel")
-        return self
-
-    @property
-    def step(self) -> int:
-        return self.stride or self.patch_size
 
 
 def parse_tiling_config(doc: Mapping[str, Any] | None = None, *,
@@ -487,3 +432,38 @@ def draw_tiles(reader: SlideReader, tiles: Sequence[Tile], *, level: int | None 
         draw.rectangle((0, 0, img.width, 14), fill=(255, 255, 255))
         draw.text((3, 2), caption, fill=(0, 0, 0))
     return img
+
+
+def read_tiles(reader: SlideReader, tiles: Sequence[Tile], *,
+               max_overread: float = 4.0) -> np.ndarray:
+    """The pixels of many tiles of one slide, ``(N, patch_size, patch_size, 3)`` uint8, equal
+    to ``[read_tile(reader, t) for t in tiles]``.
+
+    Neighbouring tiles (a batch of a row-ordered grid) are read as one region and sliced, so
+    a slide's compressed tiles are decoded once per batch rather than once per patch; when
+    their bounding box is more than ``max_overread`` times the pixels asked for (scattered
+    tiles), or offsets do not fall on the level's pixel grid, each tile is read alone."""
+    if not tiles:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    level, read, patch = tiles[0].level, tiles[0].read_size, tiles[0].patch_size
+    if any((t.level, t.read_size, t.patch_size) != (level, read, patch) for t in tiles):
+        return np.stack([read_tile(reader, t) for t in tiles])
+    ds = reader.level_downsamples[level]
+    x0, y0 = min(t.x for t in tiles), min(t.y for t in tiles)
+    step = round(ds)
+    on_grid = level == 0 or (abs(ds - step) < 1e-9 and all(
+        (t.x - x0) % step == 0 and (t.y - y0) % step == 0 for t in tiles))
+    w = round((max(t.x for t in tiles) - x0) / ds) + read
+    h = round((max(t.y for t in tiles) - y0) / ds) + read
+    if not on_grid or w * h > max_overread * len(tiles) * read * read:
+        return np.stack([read_tile(reader, t) for t in tiles])
+    region = reader.read_region(level, x0, y0, w, h)
+    out = np.empty((len(tiles), patch, patch, 3), dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        cx, cy = round((t.x - x0) / ds), round((t.y - y0) / ds)
+        pixels = region[cy:cy + read, cx:cx + read]
+        if read != patch:
+            pixels = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize(
+                (patch, patch), Image.Resampling.BOX))
+        out[i] = pixels
+    return out

@@ -176,18 +176,28 @@ def checkpoint_preprocess(meta: dict[str, Any]) -> Preprocess:
     return Preprocess(size=meta["input_size"])
 
 
+def batch_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess) -> Any:
+    """A prepared batch (``x``, and ``context`` for a multi-scale contract) -> what the
+    Keras model is called with: one float32 array, or ``{"patch": ..., "context": ...}``."""
+    if preprocess.multiscale and "context" not in batch:
+        raise ValueError("a multi-scale model needs the context view: the batch has no "
+                         f"'context' (keys {sorted(batch)}); is the dataset multi-scale?")
+    return preprocess.inputs(batch["x"], batch.get("context") if preprocess.multiscale else None)
+
+
 def _shard_to_tf(shard: Any, batch_size: int, preprocess: Preprocess, tf: Any) -> Any:
     """A tf.data view of this worker's Ray Data shard, iterated afresh by each fit call."""
     size = preprocess.size
+    view = tf.TensorSpec((None, size, size, 3), tf.float32)
     spec = (
-        tf.TensorSpec((None, size, size, 3), tf.float32),
+        {name: view for name in preprocess.input_names} if preprocess.multiscale else view,
         tf.TensorSpec((None,), tf.float32),
         tf.TensorSpec((None,), tf.float32),
     )
 
     def batches():
         for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-            yield preprocess.to_input(b["x"]), b["y"], b["w"]
+            yield batch_inputs(b, preprocess), b["y"], b["w"]
 
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     options = tf.data.Options()
@@ -204,19 +214,18 @@ def _predict_split(
     passes need no collectives). With ``cache``, the decoded split is kept after the first
     epoch: re-streaming a small split each epoch costs more than scoring it."""
     if cache:
-        batches = zip(cache["x"], cache["y"])
+        batches = ({"x": x, "y": y, **({"context": c} if c is not None else {})}
+                   for x, y, c in zip(cache["x"], cache["y"], cache["context"]))
     else:
-        batches = (
-            (b["x"], b["y"])
-            for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy")
-        )
-    xs, ys, ps = [], [], []
-    for x, y in batches:
-        ps.append(np.asarray(model(preprocess.to_input(x), training=False)).reshape(-1))
-        ys.append(y)
-        xs.append(x)
+        batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy")
+    xs, ys, cs, ps = [], [], [], []
+    for b in batches:
+        ps.append(np.asarray(model(batch_inputs(b, preprocess), training=False)).reshape(-1))
+        ys.append(b["y"])
+        xs.append(b["x"])
+        cs.append(b.get("context") if preprocess.multiscale else None)
     if cache is not None and not cache:
-        cache.update(x=xs, y=ys)
+        cache.update(x=xs, y=ys, context=cs)
     return np.concatenate(ys), np.concatenate(ps)
 
 

@@ -41,10 +41,36 @@ class TrainingOutcome:
     workers: tuple[dict[str, Any], ...] = ()
 
 
+def training_contract(cfg: TrainJobConfig, dataset: PatchDataset | None) -> Any:
+    """The input contract a run trains with (and its checkpoints and card carry):
+    ``train.preprocess()``, plus what only the dataset knows: a multi-scale model's
+    ``context_scale`` (its dataset must have the context view) and the patches' microns per
+    pixel when the dataset's source records one (slide tiles)."""
+    from patchray.models import get_model_info
+
+    preprocess = cfg.train.preprocess()
+    if dataset is None:
+        return preprocess
+    update: dict[str, Any] = {}
+    mpp = dataset.manifest.source.get("microns_per_pixel")
+    if preprocess.microns_per_pixel is None and isinstance(mpp, int | float) and mpp > 0:
+        update["microns_per_pixel"] = float(mpp)
+    if get_model_info(cfg.train.model).multiscale:
+        if dataset.context_scale is None:
+            raise ConfigError(
+                f"train.model={cfg.train.model} takes two views (patch and context) but "
+                f"{dataset.root} has only one (manifest views: {list(dataset.views) or 'none'}); "
+                "build a multi-scale dataset with patchray.slides.multiscale."
+                "write_multiscale_dataset, or choose a single-scale model")
+        update["context_scale"] = dataset.context_scale
+    return preprocess.model_copy(update=update) if update else preprocess
+
+
 def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "", *,
-                progress_label: str = "") -> dict[str, Any]:
+                progress_label: str = "", preprocess: Any = None) -> dict[str, Any]:
     """The plain-dict config every worker receives. With ``progress_label`` (a tuning
-    trial), epoch lines carry it and go to the log file only, not the terminal."""
+    trial), epoch lines carry it and go to the log file only, not the terminal.
+    ``preprocess``: the contract (:func:`training_contract`; default ``train.preprocess()``)."""
     t = cfg.train
     return {
         "model": t.model,
@@ -58,7 +84,7 @@ def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "", *,
         "inter_op_threads": t.inter_op_threads,
         "seed": t.seed,
         "cache_val": t.cache_val,
-        "preprocess": t.preprocess().model_dump(mode="json"),
+        "preprocess": (preprocess or t.preprocess()).model_dump(mode="json"),
         "replica_report_uri": replica_report_uri,
         "progress_label": progress_label,
     }
@@ -106,7 +132,7 @@ def build_trainer(
     from ray.train import DataConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    preprocess = cfg.train.preprocess()
+    preprocess = training_contract(cfg, dataset)
     datasets = {
         "train": training_dataset(
             dataset,
@@ -123,7 +149,7 @@ def build_trainer(
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg, storage.join(storage_root, run_name, "replicas"),
-                                      progress_label=progress_label),
+                                      progress_label=progress_label, preprocess=preprocess),
         scaling_config=scaling_config(cfg),
         datasets=datasets,
         # Only train is sharded; every worker sees all of val (rank 0 scores it).

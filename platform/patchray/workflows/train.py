@@ -160,7 +160,8 @@ def registered_before(run_dir: Path, registry: ModelRegistry,
 
 def _model_inputs(dataset: PatchDataset, exported: ExportResult, split: str, n: int) -> Any:
     rows = dataset.sample_rows(split, n, spread=True)
-    return exported.preprocess.to_input(exported.preprocess.rows(rows, encoding=dataset.encoding))
+    # One array, or both views of a multi-scale model (NNCF calibrates every input).
+    return exported.preprocess.row_inputs(rows, encoding=dataset.encoding)
 
 
 def quantize(cfg: TrainJobConfig, dataset: PatchDataset, exported: ExportResult,
