@@ -3,6 +3,7 @@
     patchray demo [--config jobs/demo.yaml] [--set train.epochs=3 ...] [--keep-serving]
     patchray train --config jobs/idc.yaml [--set data.root=s3://bucket/idc ...]
     patchray tune --config jobs/tune-demo.yaml [--then-train]
+    patchray evaluate lopo --config jobs/lopo.yaml [--set lopo.seeds=[0,1] ...]
     patchray serve NAME[@VERSION|@ALIAS] | DIR [--precision auto] [--port 8000]
     patchray registry [--registry URI] list | show REF | promote NAME V --to ALIAS |
                       rollback NAME --alias ALIAS | verify REF
@@ -100,6 +101,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, model=TuneJobConfig)
     with RunOutput(run_dir_of(cfg) / "logs" / LOG_NAME, verbose=args.verbose):
         run_tune_job(cfg, then_train=args.then_train)
+    return 0
+
+
+def cmd_evaluate_lopo(args: argparse.Namespace) -> int:
+    from patchray.config import LopoJobConfig, load_config
+    from patchray.workflows.lopo import run_lopo_job
+    from patchray.workflows.train import run_dir_of
+
+    cfg = load_config(args.config, args.overrides, model=LopoJobConfig)
+    with RunOutput(run_dir_of(cfg) / "logs" / LOG_NAME, verbose=args.verbose):
+        run_lopo_job(cfg)
     return 0
 
 
@@ -341,7 +353,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main([args.name, *args.bench_args])
 
 
-RUN_COMMANDS = ("demo", "train", "tune", "serve")  # start Ray: their output goes through RunOutput
+# These start Ray: their output goes through RunOutput.
+RUN_COMMANDS = ("demo", "train", "tune", "serve", "evaluate")
 EXIT_REJECTED = 3  # ingest finished, but some inputs were refused (see the ingest report)
 REJECTIONS_SHOWN = 10
 
@@ -544,7 +557,7 @@ def _add_slide_commands(sub: Any) -> None:
 #: The typed config each command validates its spec with (the others take no spec, or
 #: ingest's data section only: the default model).
 SPEC_MODELS = {"demo": "DemoConfig", "train": "TrainJobConfig", "tune": "TuneJobConfig",
-               "serve": "ServeJobConfig", "slide tile": "SlideTileJobConfig",
+               "serve": "ServeJobConfig", "evaluate": "LopoJobConfig", "slide tile": "SlideTileJobConfig",
                "slide predict": "SlidePredictJobConfig"}
 SUBMIT_OPTIONS = ("--address", "--working-dir", "--env", "--installed", "--no-wait",
                   "--submission-id")
@@ -747,6 +760,19 @@ def build_parser() -> argparse.ArgumentParser:
                            "evaluate it like `patchray train`")
     tune.set_defaults(func=cmd_tune)
 
+    evaluate = sub.add_parser("evaluate", help="evaluation jobs (leave one patient out)")
+    esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
+    lopo = esub.add_parser(
+        "lopo", help="leave-one-patient-out: a model per held-out patient x seed, in parallel",
+        description="Hold out each patient (lopo.group_by: patient or site) in turn, train on "
+                    "the rest minus lopo.val_groups validation groups (which choose the "
+                    "checkpoint and the threshold), score the held-out one. Folds run as "
+                    "parallel Ray Tune trials; fold models are not registered. Writes "
+                    "<runs_root>/<name>/lopo/lopo.json|csv|md|png; a rerun skips finished "
+                    "folds.")
+    _config_args(lopo)
+    lopo.set_defaults(func=cmd_evaluate_lopo)
+
     srv = sub.add_parser("serve", help="serve a registered model with Ray Serve")
     srv.add_argument("model", metavar="NAME[@VERSION|@ALIAS] | DIR",
                      help="a registry reference, or a version folder holding card.json")
@@ -767,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Options after the name go to the benchmark runner "
                                        "(--out DIR, --quick, --size N).")
     bench.add_argument("name", help="infer, training, tune, ingest, decode, augment, reader, "
-                                    "memory, serve, slides or all")
+                                    "memory, serve, slides, lopo, sgan or all")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
 

@@ -50,6 +50,26 @@ class SplitConfig(StrictModel):
         return self
 
 
+class StainConfig(StrictModel):
+    """Stain normalisation fitted at training time and carried in the model's input
+    contract (patchray.data.stain; every path applies it before scaling)."""
+
+    method: Literal["none", "macenko", "reinhard"] = Field(
+        "none", description="none, macenko (Macenko 2009 stain vectors) or reinhard "
+        "(l-alpha-beta mean/std matching)")
+    reference: str = Field(
+        "train", description="'train': patches sampled from the dataset's train split; else "
+        "a local image file or folder of patch images")
+    reference_patches: int = Field(512, ge=1, description="How many patches to pool")
+    seed: int = Field(0, description="Which train patches are sampled (deterministic)")
+
+    @field_validator("reference")
+    def _reference_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give 'train' or a local image file / folder of patch images")
+        return value
+
+
 class DataConfig(StrictModel):
     root: str = Field("", description="Dataset root (local path or s3://); default: <run_dir>/data")
     synthetic: SyntheticDataConfig = SyntheticDataConfig()
@@ -69,6 +89,12 @@ class DataConfig(StrictModel):
         1.0, ge=0.0, le=1.0,
         description="Colour jitter as a fraction of the published maxima (0: rotations and "
         "flips only); with augment",
+    )
+    stain: StainConfig = StainConfig()
+    stain_augment: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="HED stain jitter as a fraction of Tellez et al.'s HED-light maxima "
+        "(alpha 1+-0.05, beta +-0.05 per H/E/D channel); 0: off; with augment",
     )
 
 
@@ -138,6 +164,13 @@ class TrainConfig(StrictModel):
 class EvalConfig(StrictModel):
     threshold_rule: Literal["sensitivity", "youden"] = "sensitivity"
     min_sensitivity: float = Field(0.95, gt=0.0, le=1.0)
+    # Platt by default (patchray.evaluation.calibration): class-weighted training shifts the
+    # prior, which temperature alone cannot undo; isotonic overfits a few hundred validation
+    # patches and creates ties. Fitted per precision on its val scores; the threshold is then
+    # chosen on the calibrated scale and every served probability is calibrated the same way.
+    calibration: Literal["none", "temperature", "platt", "isotonic"] = Field(
+        "platt", description="Map each precision's raw probabilities to calibrated ones "
+        "(fitted on val); 'none' serves the raw model output")
 
 
 class ExportConfig(StrictModel):
@@ -365,6 +398,7 @@ SEARCH_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dropout": ("train.model_args.dropout", ("uniform", "choice")),
     "width": ("train.model_args.width", ("choice",)),
     "augment_strength": ("data.augment_strength", ("uniform", "choice")),
+    "stain_augment": ("data.stain_augment", ("uniform", "choice")),
     "model": ("train.model", ("choice",)),
 }
 
@@ -377,6 +411,7 @@ class SearchSpace(StrictModel):
     dropout: Distribution | None = None
     width: Distribution | None = None
     augment_strength: Distribution | None = None
+    stain_augment: Distribution | None = None
     model: Distribution | None = None
 
     @model_validator(mode="after")
@@ -717,3 +752,53 @@ def load_config(
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML (what gets saved beside the run's outputs)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- leave one out
+
+
+class LopoConfig(StrictModel):
+    """``lopo:``: leave-one-patient-out (or -site-out) evaluation (``patchray evaluate lopo``).
+
+    Each fold holds one group out as its test set; ``val_groups`` of the remaining groups
+    validate (the fold's best checkpoint and its threshold come from them, never from the
+    held-out group) and the rest train."""
+
+    group_by: Literal["patient", "site"] = Field(
+        "patient", description="patient; site: the dataset's manifest source.sites "
+        "(patient -> site), which a combined dataset records")
+    hold_out: list[str] = Field(default_factory=list, description="Groups to hold out, one "
+                                "fold each; empty: every group")
+    val_groups: int = Field(1, ge=1, description="Remaining groups that validate each fold")
+    val_candidates: list[str] = Field(
+        default_factory=list, description="Only these groups may validate (e.g. keep the "
+        "few real patients training); empty: any remaining group")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="train.seed of each repeat of every fold")
+    max_concurrent_folds: int | None = Field(None, ge=1, description="Default: as many as "
+                                             "fit beside Ray Data's CPUs (tuning.plan)")
+    target_sensitivity: float | None = Field(
+        None, gt=0.0, le=1.0, description="Sensitivity the val threshold aims at; default "
+        "eval.min_sensitivity (it replaces it for the folds)")
+
+    @field_validator("hold_out", "seeds", "val_candidates")
+    @classmethod
+    def _unique(cls, v: list[Any]) -> list[Any]:
+        dupes = sorted({str(x) for x in v if v.count(x) > 1})
+        if dupes:
+            raise ValueError(f"duplicates: {', '.join(dupes)}")
+        return v
+
+
+class LopoJobConfig(TrainJobConfig):
+    """``patchray evaluate lopo``: train one model per held-out group (x seed) as parallel
+    Ray Tune trials, score each on its held-out group at the threshold chosen on its val
+    groups. Fold models are not registered."""
+
+    lopo: LopoConfig = LopoConfig()
+
+    @model_validator(mode="after")
+    def _target_defaults_to_eval(self) -> LopoJobConfig:
+        if self.lopo.target_sensitivity is None:
+            self.lopo.target_sensitivity = self.eval.min_sensitivity
+        return self

@@ -21,6 +21,10 @@ def test_job_specs_validate_as_the_config_of_their_job(spec):
         job = DemoConfig
     elif spec.name.startswith("tune-"):
         job = TuneJobConfig
+    elif spec.name.startswith("lopo"):  # `patchray evaluate lopo`'s
+        from patchray.config import LopoJobConfig
+
+        job = LopoJobConfig
     elif spec.name == "slide-tile.yaml":
         job = SlideTileJobConfig
     elif spec.name == "slide-predict.yaml":

@@ -5,6 +5,8 @@
     python -m patchray.benchmarks serve --out runs/bench [--quick | --smoke] \\
         [--model NAME@ALIAS_OR_VERSION_DIR --registry URI]   # wrk against the service
     python -m patchray.benchmarks slides --out runs/bench [--smoke] [--model ... --registry URI]
+    python -m patchray.benchmarks sgan --out runs/bench [--quick]   # 20% labels: SGAN vs cnn6
+    python -m patchray.benchmarks lopo --out runs/bench [--quick]   # real-patient LOPO
 
 ``--quick`` keeps each benchmark under about two minutes on 2 cores; full runs are larger
 and repeat more. Results: ``<out>/<name>.json`` and ``<out>/<name>.png``.
@@ -21,9 +23,11 @@ from patchray.benchmarks import (
     decode,
     infer,
     ingest,
+    lopo,
     memory,
     reader,
     serve,
+    sgan,
     slides,
     training,
     tune,
@@ -41,6 +45,8 @@ BENCHMARKS = {
     "tune": tune.run,  # minutes: Ray Tune experiments, not a throughput
     "serve": serve.run,  # wrk against the service vs plain/no-op Serve and the raw model
     "slides": slides.run,  # slide predict's heat-map tiles/s vs the raw model's patches/s
+    "sgan": sgan.run,  # minutes: SGAN on 20% labels vs cnn6 on 20% / 100% (test AUC)
+    "lopo": lopo.run,  # minutes: leave-one-patient-out on real IDC, with/without stain norm
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from patchray.data.manifest import PatchDataset, holdout_rows
-from patchray.data.records import patch_schema
+from patchray.data.records import UNLABELLED, patch_schema
 from patchray.data.transforms import class_weights, prepare_training_batch
 from patchray.errors import DataError
 
@@ -131,15 +131,18 @@ def training_dataset(
     preprocess: Any,
     augment: bool,
     augment_strength: float = 1.0,
+    stain_augment: float = 0.0,
     weighting: str = "none",
     batch_size: int = 256,
     parquet_reader: str = "v1",
     val_holdout: float = 0.0,
+    semi_supervised: bool = False,
 ) -> Any:
     """Split ``split`` as a Ray Dataset of ``x`` (uint8 NHWC patches, decoded, fitted and
     padded by ``preprocess``, a Preprocess; the training worker scales them), ``y`` (label)
     and ``w`` (sample weight, ``weighting`` of train's label counts); for a multi-scale
-    contract (``preprocess.context_scale``) also ``context``, augmented like ``x``."""
+    contract (``preprocess.context_scale``) also ``context``, augmented like ``x``.
+    ``semi_supervised``: the train split also reads the ``unlabelled`` one (``y`` -1, ``w`` 0)."""
     weights = class_weights(dataset.label_counts("train"), weighting)
     encoding = dataset.encoding
     # Fresh entropy per batch (seed=None): a fixed seed would repeat the same augmentation
@@ -147,9 +150,21 @@ def training_dataset(
     prepare = functools.partial(
         prepare_training_batch, size=preprocess.size, augment_patches=augment, weights=weights,
         augment_strength=augment_strength, seed=None, encoding=encoding, pad_value=preprocess.pad_value,
+        # The contract's stain normalisation runs here, before augmentation; the worker
+        # then scales with stain_normalised=True (patchray.training.loop.batch_inputs).
+        stain=getattr(preprocess, "stain", None), stain_augment=stain_augment,
     )
     ds = read_split(dataset, split, parquet_reader=parquet_reader, val_holdout=val_holdout,
                     views=contract_views(preprocess))
+    if semi_supervised and split == "train" and dataset.rows(UNLABELLED):
+        # A semi-supervised model (ModelInfo.semi_supervised) also trains on the unlabelled
+        # split (label -1, weight 0 after prepare_training_batch). Files are written by
+        # patient, labelled ones first: without a shuffle most batches would hold one kind
+        # only. random_shuffle re-runs every epoch (a fresh order); it is an all-to-all
+        # exchange, affordable for the datasets patchray trains on one machine.
+        unlabelled = read_split(dataset, UNLABELLED, parquet_reader=parquet_reader,
+                                views=contract_views(preprocess))
+        ds = ds.union(unlabelled).random_shuffle()
     return ds.map_batches(
         prepare, batch_format="numpy", batch_size=batch_size
     )

@@ -63,11 +63,16 @@ def assign_patient_splits(
 
 
 def check_patient_disjoint(patients_by_split: Mapping[str, set[str]]) -> None:
-    """Raise :class:`SplitLeakError` naming every patient found in more than one split."""
+    """Raise :class:`SplitLeakError` naming every patient found in more than one split.
+
+    The ``unlabelled`` split may share patients with ``train`` (the unannotated rest of
+    training patients' patches, for semi-supervised models), never with val or test."""
     seen: dict[str, str] = {}
     leaks: list[str] = []
     for split in sorted(patients_by_split):
         for patient in sorted(patients_by_split[split]):
+            if {seen.get(patient), split} == {"train", "unlabelled"}:
+                continue
             if patient in seen:
                 leaks.append(f"patient {patient!r} is in both {seen[patient]!r} and {split!r}")
             else:

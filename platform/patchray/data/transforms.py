@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,22 @@ BRIGHTNESS_MAX = 64.0 / 255.0
 SATURATION_RANGE = (0.75, 1.0)
 HUE_MAX = 0.04
 CONTRAST_RANGE = (0.5, 1.0)
+
+# HED stain augmentation (Tellez et al. 2018, IEEE TMI, "Whole-slide mitosis detection in
+# H&E breast histology using PHH3 as a reference to train distilled stain-invariant
+# convolutional networks"; the ranges as named in Tellez et al. 2019, MedIA 58:101544): per
+# patch and per H, E, D channel, stains * alpha + beta, alpha ~ U(1 - s, 1 + s),
+# beta ~ U(-s, s). Strength 1 is their "HED-light" s = 0.05 (HED-strong, s = 0.2, is beyond
+# this knob's range). The Ruifrok & Johnston (2001) H, E, DAB OD vectors are
+# scikit-image's rgb_from_hed (numpy here: skimage is not a core dependency). beta's units
+# depend on the rgb2hed version (skimage < 0.19: -ln(rgb + 2); >= 0.19: ln(rgb) / ln(1e-6));
+# here it is Ruifrok-Johnston optical density, -ln(rgb). Measured on synthetic H&E at
+# strength 1: 4.1 grey levels mean change, 23 at most (0.5: 2.0 and 12).
+HED_MAX = 0.05
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
+                         [0.07, 0.99, 0.11],
+                         [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 
 def fit_to_size(pixels: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> np.ndarray:
@@ -209,6 +226,45 @@ def augment(batch: np.ndarray, rng: np.random.Generator, strength: float = 1.0) 
     return apply_augment(batch, draw_augment_params(batch.shape[0], rng, strength))
 
 
+@dataclass(frozen=True)
+class HedParams:
+    """One batch's HED stain jitter, one row per patch (see :func:`apply_hed`)."""
+
+    alpha: np.ndarray  # (n, 3) float, factor on the H, E and D concentrations
+    beta: np.ndarray  # (n, 3) float, added to them
+
+
+def draw_hed_params(n: int, rng: np.random.Generator, strength: float) -> HedParams:
+    """HED jitter for ``n`` patches at ``strength`` (0..1) times :data:`HED_MAX`."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"stain augment strength must be in [0, 1], got {strength}")
+    s = HED_MAX * strength
+    return HedParams(alpha=rng.uniform(1.0 - s, 1.0 + s, (n, 3)),
+                     beta=rng.uniform(-s, s, (n, 3)))
+
+
+def apply_hed(batch: np.ndarray, params: HedParams) -> np.ndarray:
+    """Jitter each patch's H, E and D concentrations (colour deconvolution with the
+    Ruifrok-Johnston matrix, as ``skimage.color.rgb2hed`` / ``hed2rgb`` but in ln-OD units
+    (see :data:`HED_MAX`) and without clipping negative concentrations, so alpha=1, beta=0
+    is the identity); float32 in [0, 1] out.
+
+    ``batch``: uint8 pixels or float32 in [0, 1]. The round trip is linear in log RGB, so a
+    patch's jitter is one 3x3 matrix and an offset on ``ln(rgb)``: one batched matmul."""
+    scale = 1.0 / 255.0 if batch.dtype == np.uint8 else 1.0
+    n = batch.shape[0]
+    log_rgb = np.log(np.maximum(batch.reshape(n, -1, 3).astype(np.float32) * np.float32(scale),
+                                np.float32(1e-6)))
+    # stains = -ln(rgb) @ HED_FROM_RGB; ln(rgb') = -(stains * alpha + beta) @ RGB_FROM_HED
+    matrices = np.einsum("ij,nj,jk->nik", HED_FROM_RGB, params.alpha, RGB_FROM_HED)
+    offsets = -(params.beta @ RGB_FROM_HED)  # (n, 3)
+    out = np.matmul(log_rgb, matrices.astype(np.float32))
+    out += offsets.astype(np.float32)[:, None, :]
+    np.exp(out, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.reshape(batch.shape)
+
+
 def to_pixels(x: np.ndarray) -> np.ndarray:
     """float [0, 1] -> uint8, rounding (the inverse of :func:`normalise` up to 1/510)."""
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -233,8 +289,16 @@ def prepare_training_batch(
     seed: int | None = None,
     encoding: str = "png",
     pad_value: int = PAD_VALUE,
+    stain: Any = None,
+    stain_augment: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """One Ray Data batch of records -> uint8 patches ``x``, targets ``y``, weights ``w``.
+
+    ``stain``: the contract's fitted stain normalisation (a
+    :class:`~patchray.inference.preprocess.StainNormalisation`, or None), applied right
+    after decoding and BEFORE augmentation, so the worker must scale with
+    ``stain_normalised=True``. ``stain_augment``: HED jitter strength (:func:`draw_hed_params`),
+    with ``augment_patches`` only, before the rotation/flip and colour jitter.
 
     ``x`` stays uint8 (the worker applies the model's Preprocess): float32 would be 4x the bytes
     in Ray's object store and in every in-flight block, which is what bounds memory when a
@@ -250,13 +314,28 @@ def prepare_training_batch(
     x = decode_patches(list(batch["image"]), size, **shape)
     context = (decode_patches(list(batch["context_image"]), size, **shape)
                if "context_image" in batch else None)
-    if augment_patches:
-        params = draw_augment_params(x.shape[0], np.random.default_rng(seed), augment_strength)
-        x = to_pixels(apply_augment(x, params))
+    if stain is not None:
+        x = stain.apply(x)
         if context is not None:
-            context = to_pixels(apply_augment(context, params))
-    y = np.asarray(batch["label"], dtype=np.float32)
-    w = np.where(y >= 0.5, weights[1], weights[0]).astype(np.float32)
+            context = stain.apply(context)
+    if augment_patches:
+        rng = np.random.default_rng(seed)
+        params = draw_augment_params(x.shape[0], rng, augment_strength)
+        # Drawn after the geometry/colour draws, so stain_augment=0 keeps those as they were.
+        hed = draw_hed_params(x.shape[0], rng, stain_augment) if stain_augment > 0 else None
+
+        def jitter(views: np.ndarray) -> np.ndarray:
+            return to_pixels(apply_augment(views if hed is None else apply_hed(views, hed),
+                                           params))
+
+        x = jitter(x)
+        if context is not None:
+            context = jitter(context)
+    # Unlabelled rows (null label: NaN or None here) -> y = -1, w = 0; only a semi-supervised
+    # model (patchray.models.sgan) reads the unlabelled split and knows what -1 means.
+    y = np.asarray(batch["label"], dtype=np.float64)
+    y = np.where(np.isnan(y), -1.0, y).astype(np.float32)
+    w = np.where(y < 0, 0.0, np.where(y >= 0.5, weights[1], weights[0])).astype(np.float32)
     out = {"x": x, "y": y, "w": w}
     if context is not None:
         out["context"] = context

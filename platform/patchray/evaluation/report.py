@@ -1,4 +1,5 @@
-"""Report pictures: ROC, precision-recall, confusion matrix and learning curves (PNG).
+"""Report pictures: ROC, precision-recall, confusion matrix, reliability (calibration) and
+learning curves (PNG).
 
 Drawn with ``matplotlib.figure.Figure`` on an Agg canvas: no pyplot, no global backend
 switch, no GUI, safe in Ray workers and threads. matplotlib is imported inside the functions,
@@ -34,6 +35,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_learning_curves",
     "plot_precision_recall",
+    "plot_reliability",
     "plot_roc",
     "write_report",
 ]
@@ -132,6 +134,54 @@ def plot_precision_recall(
         )
     _finish_unit_axes(ax, "Recall (sensitivity)", "Precision (positive predictive value)",
                       title, "lower left")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true: Any,
+    y_score_raw: Any,
+    y_score: Any,
+    path: str | os.PathLike[str],
+    *,
+    method: str = "calibrated",
+    title: str = "Reliability",
+    bins: int = 10,
+) -> Path:
+    """Reliability diagram: the tumour fraction against the mean predicted probability per
+    equal-width bin, before (raw model output) and after calibration, each with its ECE
+    (expected calibration error, bins weighted by their share of patches) in the legend; the
+    diagonal is perfect calibration. Below, how many patches fall in each bin."""
+    from patchray.evaluation.calibration import (
+        bin_counts,
+        expected_calibration_error,
+        reliability,
+    )
+
+    fig = _new_figure(5.6, 6.6)
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    width = 1.0 / bins
+    series = [("raw model output", y_score_raw, "tab:orange", -0.2),
+              (f"calibrated ({method})", y_score, _CURVE_COLOR, 0.2)]
+    for label, scores, color, offset in series:
+        r = reliability(y_true, scores, bins)
+        ece = expected_calibration_error(y_true, scores, bins)
+        top.plot(r["prob_pred"], r["prob_true"], marker="o", ms=5, lw=1.8, color=color,
+                 label=f"{label} (ECE = {ece:.3f})")
+        counts = bin_counts(scores, bins)
+        bottom.bar(edges[:-1] + width * (0.5 + offset), counts, width=0.4 * width,
+                   color=color, alpha=0.8)
+    top.set_xlim(-0.01, 1.01)
+    top.set_ylim(-0.01, 1.01)
+    top.set_ylabel("Fraction of tumour patches")
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=9)
+    bottom.set_yscale("symlog")
+    bottom.set_xlabel(f"Predicted probability of tumour ({bins} equal-width bins)")
+    bottom.set_ylabel("Patches")
+    bottom.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -252,12 +302,16 @@ def write_report(
     threshold: float,
     history: Sequence[Mapping[str, Any]] | None = None,
     prefix: str = "test",
+    y_score_raw: Any = None,
+    calibration: str = "calibrated",
 ) -> dict[str, str]:
     """Write the evaluation pictures into ``out_dir`` and return ``{name: path}``.
 
     Names and files: ``"roc"`` -> ``{prefix}_roc.png``, ``"pr"`` -> ``{prefix}_pr.png``,
-    ``"confusion"`` -> ``{prefix}_confusion.png`` and, if ``history`` is non-empty,
-    ``"learning_curves"`` -> ``learning_curves.png``. Needs both classes in ``y_true``.
+    ``"confusion"`` -> ``{prefix}_confusion.png``; with ``y_score_raw`` (the raw output
+    ``y_score`` was calibrated from, method ``calibration``) ``"reliability"`` ->
+    ``{prefix}_reliability.png``; and, if ``history`` is non-empty, ``"learning_curves"`` ->
+    ``learning_curves.png``. Needs both classes in ``y_true``.
     """
     if not prefix or any(sep in prefix for sep in ("/", "\\", os.sep)):
         raise DataError(f"prefix must be a non-empty file-name prefix without '/', got {prefix!r}")
@@ -272,6 +326,10 @@ def write_report(
                                     title=f"Precision-recall ({split})"),
         "confusion": plot_confusion_matrix(metrics, out / f"{prefix}_confusion.png"),
     }
+    if y_score_raw is not None:
+        paths["reliability"] = plot_reliability(
+            y_true, y_score_raw, y_score, out / f"{prefix}_reliability.png",
+            method=calibration, title=f"Reliability ({split})")
     if history:
         paths["learning_curves"] = plot_learning_curves(history, out / "learning_curves.png")
     return {name: str(p) for name, p in paths.items()}

@@ -1,7 +1,8 @@
 """Precision is a recorded choice: f32, bf16 and INT8 measured side by side on validation.
 
 Each precision is scored on the same validation and test patients as f32, gets its own
-threshold by the same rule, and passes when its validation AUC is at most ``max_auc_drop``
+calibration (fitted on its own validation scores) and its own threshold by the same rule, on
+the calibrated scale, and passes when its validation AUC is at most ``max_auc_drop``
 below f32's. Its speed (images/s at batch 64, interleaved rounds on this machine) is
 recorded too, and serving defaults to the fastest precision that passed. A precision that
 fails is recorded with its reason and left out of the registered files.
@@ -59,17 +60,27 @@ def cpu_has_bf16() -> bool:
 
 
 def gate(name: str, scored: Scored, f32_auc: float, max_drop: float) -> PrecisionRecord:
-    """The record of one precision: AUC against f32's, pass or fail, threshold, metrics."""
+    """The record of one precision: AUC against f32's, pass or fail, threshold, metrics.
+    The gate compares the RAW outputs' val AUC: calibration is monotone, but rounding a steep
+    map's output to float32 ties the top scores, which would move the AUC by itself."""
     val, test = scored.val, scored.test
-    drop = float(f32_auc - val["auc"])
+    auc = raw_val_auc(scored)
+    drop = float(f32_auc - auc)
     passed = drop <= max_drop
     reason = ("" if passed else f"val AUC {val['auc']:.4f} is {drop:.4f} below f32's "
               f"{f32_auc:.4f} (> the {max_drop} allowed)")
     candidate = CANDIDATES[name]
     return PrecisionRecord(file=candidate.file, inference_hint=candidate.hint,  # type: ignore[arg-type]
-                           val_auc=val["auc"], auc_drop=drop, max_auc_drop=max_drop,
+                           val_auc=auc, auc_drop=drop, max_auc_drop=max_drop,
                            passed=passed, reason=reason, threshold=scored.threshold,
-                           val=val, test=test)
+                           calibration=scored.calibration, val=val, test=test)
+
+
+def raw_val_auc(scored: Scored) -> float:
+    """Val AUC of the IR's raw output (before calibration)."""
+    from patchray.evaluation.metrics import roc_auc
+
+    return roc_auc(scored.y_val, scored.raw_val)
 
 
 def unavailable(name: str, reason: str) -> PrecisionRecord:
@@ -100,11 +111,12 @@ def candidates(export: ExportConfig, int8_error: str | None = None
 def assess_precisions(scored: dict[str, Scored], f32: Evaluation, export: ExportConfig,
                       missing: dict[str, PrecisionRecord]) -> dict[str, PrecisionRecord]:
     """A record per precision: f32's from its evaluation, the others gated against it."""
-    f32_auc = f32.metrics["val"]["auc"]
+    f32_auc = raw_val_auc(scored["f32"]) if "f32" in scored else f32.metrics["val"]["auc"]
     records = {"f32": PrecisionRecord(
         file=IR_FILES["f32"], inference_hint="f32", val_auc=f32_auc, auc_drop=0.0,
-        max_auc_drop=0.0, passed=True, threshold=f32.threshold, val=f32.metrics["val"],
-        test=f32.metrics["test"])}
+        max_auc_drop=0.0, passed=True, threshold=f32.threshold,
+        calibration=scored["f32"].calibration if "f32" in scored else None,
+        val=f32.metrics["val"], test=f32.metrics["test"])}
     limits = {"bf16": export.bf16_max_auc_drop, "int8": export.int8_max_auc_drop}
     for name in ("bf16", "int8"):
         if name in scored:
@@ -142,7 +154,9 @@ def log_precisions(records: dict[str, PrecisionRecord], serving: str) -> None:
         if not r.available:
             log.info("precision %-4s  not available: %s", name, r.reason)
             continue
-        log.info("precision %-4s  val AUC %.4f (drop %+.4f)  threshold %.4f  %6.0f images/s  "
-                 "%s%s", name, r.val_auc, r.auc_drop, r.threshold, r.images_per_s or 0,
+        cal = r.calibration.describe() if r.calibration else "raw output"
+        log.info("precision %-4s  val AUC %.4f (drop %+.4f)  threshold %.4f (%s)  %6.0f "
+                 "images/s  %s%s", name, r.val_auc, r.auc_drop, r.threshold, cal,
+                 r.images_per_s or 0,
                  "pass" if r.passed else "NOT REGISTERED: " + r.reason,
                  "  <- serving default" if name == serving else "")

@@ -9,6 +9,12 @@ A multi-scale model's IR has two inputs, ``patch`` and ``context`` (its contract
 ``context`` and feeds each input by name. A contract and an IR that disagree on the number
 of inputs are refused when the predictor is built, and a call with the wrong number of
 views is refused before inference.
+
+Calibration: a predictor loaded from a card applies the selected precision's
+``calibration`` (fitted on that precision's validation scores) to every output, so its
+probabilities are on the same scale as the card's threshold; ``raw=True`` returns the IR's
+own output (the parity checks compare those). Without a card, or for a card without
+calibration, the output is the IR's.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class PatchPredictor:
         self.preprocess = preprocess
         self.card = card  # ModelCard when loaded from a registered model
         self.precision = inference_precision or "f32"
+        # raw IR output -> served probability (the card precision's; None: raw is served)
+        self.calibration: Any = None
         self._compiled = ov.Core().compile_model(self.model_xml, device, config)
         self.input_names = check_inputs(self._compiled, preprocess, self.model_xml)
         # A compiled model is thread-safe, an infer request is not: ``compiled(x)`` shares
@@ -75,7 +83,15 @@ class PatchPredictor:
         kwargs.setdefault("inference_precision", record.inference_hint)
         predictor = cls(Path(model_dir) / record.file, card.input, card=card, **kwargs)
         predictor.precision = name
+        calibration = record.calibration
+        predictor.calibration = None if calibration is None or calibration.identity \
+            else calibration
         return predictor
+
+    @property
+    def calibrated(self) -> str:
+        """The calibration method applied to the outputs (``none``: the raw IR output)."""
+        return self.calibration.method if self.calibration is not None else "none"
 
     @property
     def size(self) -> int:
@@ -93,8 +109,10 @@ class PatchPredictor:
         """Whether the model takes a second view (``context``) beside the patch."""
         return len(self.input_names) == 2
 
-    def predict_arrays(self, x: Any, context: np.ndarray | None = None) -> np.ndarray:
-        """Model input (float32 NHWC, see Preprocess.to_input) -> probabilities, (N,).
+    def predict_arrays(self, x: Any, context: np.ndarray | None = None, *,
+                       raw: bool = False) -> np.ndarray:
+        """Model input (float32 NHWC, see Preprocess.to_input) -> probabilities, (N,),
+        float32: calibrated when the card's precision has a calibration, unless ``raw``.
 
         A multi-scale model needs ``context`` (its second view, prepared the same way), or
         ``x`` as ``{"patch": ..., "context": ...}`` (:meth:`Preprocess.inputs`); a
@@ -121,16 +139,23 @@ class PatchPredictor:
             request = self._requests.request = self._compiled.create_infer_request()
         feed: Any = [x] if context is None else {PATCH_INPUT: x, CONTEXT_INPUT: context}
         out = request.infer(feed, share_inputs=True)[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)  # outputs are copied (default)
+        p = np.asarray(out, dtype=np.float32).reshape(-1)  # outputs are copied (default)
+        if raw or self.calibration is None:
+            return p
+        # as evaluation computed the scores the threshold was chosen on (evaluate.served_scores)
+        return self.calibration.apply(p).astype(np.float32)
 
-    def predict_pixels(self, pixels: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+    def predict_pixels(self, pixels: np.ndarray, context: np.ndarray | None = None, *,
+                       raw: bool = False) -> np.ndarray:
         """uint8 ``(N, size, size, 3)`` patches (and a multi-scale model's context views)
-        -> probabilities."""
-        return self.predict_arrays(self.preprocess.inputs(pixels, context))
+        -> probabilities (calibrated unless ``raw``)."""
+        return self.predict_arrays(self.preprocess.inputs(pixels, context), raw=raw)
 
-    def predict_images(self, images: Sequence[bytes], **kwargs: Any) -> np.ndarray:
-        """PNG/JPEG (or a dataset's raw) bytes -> probabilities, as training decoded them."""
-        return self.predict_arrays(self.preprocess(images, **kwargs))
+    def predict_images(self, images: Sequence[bytes], *, raw: bool = False,
+                       **kwargs: Any) -> np.ndarray:
+        """PNG/JPEG (or a dataset's raw) bytes -> probabilities, as training decoded them
+        (calibrated unless ``raw``)."""
+        return self.predict_arrays(self.preprocess(images, **kwargs), raw=raw)
 
     def label(self, probability: float) -> int:
         return int(probability >= self.threshold)

@@ -14,7 +14,9 @@ patches scaled to [0, 1] and return one float32 sigmoid probability of tumour; s
 from __future__ import annotations
 
 # Builder modules register their models on import (they do not import TensorFlow).
-from patchray.models import applications, multiscale, small_cnns, wideresnet  # noqa: F401
+from patchray.models import (  # noqa: F401
+    applications, multiscale, sgan, small_cnns, wideresnet,
+)
 from patchray.models.registry import (
     ModelInfo,
     create_model,

@@ -80,6 +80,9 @@ class ModelInfo:
     description: str
     family: str  # "small_cnn" | "wideresnet" | "application" | "test"
     inputs: tuple[str, ...] = (INPUT_NAME,)  # ("patch", "context") for multi-scale models
+    # Trains on the train split plus the unlabelled one (label -1, weight 0 in its batches):
+    # the SGAN models of patchray.models.sgan.
+    semi_supervised: bool = False
 
     @property
     def multiscale(self) -> bool:
@@ -106,6 +109,7 @@ def register_model(
     description: str = "",
     family: str = "",
     inputs: tuple[str, ...] = (INPUT_NAME,),
+    semi_supervised: bool = False,
 ) -> Callable[[Callable[..., "tf_keras.Model"]], Callable[..., "tf_keras.Model"]]:
     """Decorator registering ``builder`` under ``name``; returns the builder unchanged.
 
@@ -144,6 +148,7 @@ def register_model(
             description=doc,
             family=family,
             inputs=tuple(inputs),
+            semi_supervised=semi_supervised,
         )
         return builder
 

@@ -6,8 +6,11 @@ A version folder holds the IR files plus ``card.json`` (this model, validated) a
 registry after it assigned the version and hashed every file, so its presence marks a
 complete model. Serving and slide prediction take everything they need from here: the input
 contract (with ``input.context_scale`` for a multi-scale model's second view), the class
-names, and per precision the IR file, the OpenVINO hint and the
-decision threshold chosen for that precision.
+names, and per precision the IR file, the OpenVINO hint, the calibration of its output
+(``calibration``: fitted on that precision's validation scores, applied by the predictor)
+and the decision threshold chosen for that precision, on the calibrated scale. A card
+without ``calibration`` (registered before calibration existed) serves the raw output and
+compares it to its threshold, as it always did.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchray.errors import ArtifactError
+from patchray.evaluation.calibration import Calibration
 from patchray.inference.preprocess import Preprocess
 
 CARD_JSON = "card.json"
@@ -45,7 +49,10 @@ class PrecisionRecord(_Card):
     max_auc_drop: float | None = None
     passed: bool = False
     reason: str = ""
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="on the calibrated scale when calibration is set")
+    calibration: Calibration | None = Field(
+        None, description="raw output -> served probability, fitted on val; None: raw")
     val: dict[str, Any] = {}
     test: dict[str, Any] = {}
     images_per_s: float | None = Field(None, description="batch 64, measured at export")
@@ -107,6 +114,10 @@ class ModelCard(_Card):
         assert threshold is not None  # a passed precision always has one
         return threshold
 
+    def calibration(self, which: str = "auto") -> Calibration | None:
+        """The map from that precision's raw output to its served probability (None: raw)."""
+        return self.precision(which)[1].calibration
+
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -158,6 +169,34 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _calibration_lines(card: ModelCard) -> list[str]:
+    """The calibration section: method, parameters and ECE per precision."""
+    lines = ["", "## Calibration", ""]
+    raw = ("Not calibrated: the probabilities served are the model's raw output, and the "
+           "thresholds are on that scale.")
+    calibrations = [r.calibration for r in card.precisions.values() if r.calibration]
+    if not calibrations:
+        return [*lines, raw, ""]
+    lines += [raw if all(c.identity for c in calibrations) else
+              "Each precision's probability is calibrated by a map fitted on its own validation "
+              "scores; the served probability is the calibrated one and the threshold above is on "
+              "the calibrated scale.",
+              "ECE: expected calibration error, 10 equal-width bins weighted by their share of "
+              "the patches (lower is better).", "",
+              "| precision | method | fitted on | val ECE raw -> calibrated | "
+              "test ECE raw -> calibrated |", "|---|---|---|---|---|"]
+    for name, r in card.precisions.items():
+        cal = r.calibration
+        if cal is None:
+            lines.append(f"| {name} | - (raw output) | - | - | - |")
+            continue
+        ece = [f"{_fmt(e.before)} -> {_fmt(e.after)}" if (e := cal.ece.get(split)) else "-"
+               for split in ("val", "test")]
+        lines.append(f"| {name} | {cal.describe()} | {cal.fitted_on or '-'} ({cal.n} patches) | "
+                     f"{ece[0]} | {ece[1]} |")
+    return lines
+
+
 def render_markdown(card: ModelCard) -> str:
     """``card.md``: the card for people (what, how to feed it, how good, limits, lineage)."""
     c = card.input
@@ -184,6 +223,7 @@ def render_markdown(card: ModelCard) -> str:
         *([f"- second input `context` (multi-scale): the same centre covering "
            f"{c.context_scale:g}x the patch's side, shrunk to {c.size}x{c.size} px, scaled "
            "and padded like the patch"] if c.context_scale else []),
+        f"- stain normalisation: {c.stain.describe() if c.stain else 'none'}",
         f"- normalisation: pixels x {c.scale:.6g}",
         f"- smaller patches padded {c.pad_rule} with {c.pad_value}; larger ones "
         f"`{c.resize}`",
@@ -205,6 +245,7 @@ def render_markdown(card: ModelCard) -> str:
             f"{_fmt(r.test.get('auc'))} | {_fmt(r.test.get('sensitivity'), 3)} | "
             f"{_fmt(r.test.get('specificity'), 3)} | {_fmt(r.images_per_s, 0)} | "
             f"{r.reason or '-'} |")
+    lines += _calibration_lines(card)
     lines += ["", "## Evidence", ""]
     lines += [f"- {e.split}: {e.patches} patches from {len(e.patients)} patients "
               f"({', '.join(e.patients)})" for e in card.evidence]

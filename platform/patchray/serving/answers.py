@@ -21,10 +21,13 @@ class ModelInfo:
     version: str
     precision: str
     sha256: str  # of the served IR's weights (.bin), as registered in its card
-    threshold: float
+    threshold: float  # on the scale of the served probability (calibrated, if calibration)
     class_names: tuple[str, ...]
     input: dict[str, Any]  # the Preprocess contract (patch size, padding, scaling)
     ref: str
+    # The calibration method the served probabilities went through (the card precision's,
+    # fitted on validation); "none": the model's raw output.
+    calibration: str = "none"
 
     @property
     def size(self) -> int:
@@ -32,7 +35,7 @@ class ModelInfo:
 
     def public(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "precision": self.precision,
-                "sha256": self.sha256}
+                "sha256": self.sha256, "calibration": self.calibration}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +66,9 @@ def review_band(threshold: float, margin: float) -> tuple[float, float]:
 
 def predictions(probabilities: np.ndarray, info: ModelInfo, margin: float) -> list[dict]:
     """One entry per patch: probability, label at the model's threshold, and ``needs_review``
-    inside the band around it, where a confident-looking false negative most often hides."""
+    inside the band around it, where a confident-looking false negative most often hides.
+    ``probabilities`` are what the predictor served (calibrated when the card's precision has
+    a calibration), the scale ``info.threshold`` was chosen on."""
     low, high = review_band(info.threshold, margin)
     out = []
     for p in np.asarray(probabilities, dtype=np.float64):

@@ -69,6 +69,8 @@ class ModelRefOut(BaseModel):
     version: str
     precision: str
     sha256: str
+    calibration: str = Field("none", description="calibration the probabilities went "
+                             "through (fitted on validation); none: the raw model output")
 
 
 class PatchAnswer(BaseModel):
@@ -451,6 +453,7 @@ class Ingress:
             return JSONResponse({**patch, "threshold": answer["threshold"],
                                  "model": model["name"], "model_version": model["version"],
                                  "precision": model["precision"], "sha256": model["sha256"],
+                                 "calibration": model["calibration"],
                                  "request_id": call.request_id})
         return await self.handle(request, call, work)
 
@@ -521,7 +524,8 @@ class Ingress:
             info.name, [info.version], "openvino_ir",
             inputs=[{"name": "patches", "datatype": "UINT8", "shape": [-1, size, size, 3]},
                     {"name": "images", "datatype": "BYTES", "shape": [-1]}],
-            outputs=[{"name": "probability", "datatype": "FP32", "shape": [-1]},
+            outputs=[{"name": "probability", "datatype": "FP32", "shape": [-1],
+                      "parameters": {"calibration": info.calibration}},
                      {"name": "label", "datatype": "INT32", "shape": [-1]},
                      {"name": "needs_review", "datatype": "BOOL", "shape": [-1]}])
 
@@ -617,7 +621,7 @@ class Ingress:
             model_name=info.name, model_version=info.version, request_id=req.id,
             outputs=[outputs[w] for w in wanted], binary=binary,
             parameters={"precision": info.precision, "sha256": info.sha256,
-                        "threshold": info.threshold,
+                        "threshold": info.threshold, "calibration": info.calibration,
                         "request_id": call.request_id})
         return Response(content, headers=headers)
 

@@ -33,7 +33,7 @@ def model_info(predictor: PatchPredictor) -> ModelInfo:
         name=card.name, version=str(card.version), precision=predictor.precision,
         sha256=card.files.get(weights, ""), threshold=predictor.threshold,
         class_names=tuple(card.class_names), input=card.input.model_dump(mode="json"),
-        ref=card.ref,
+        ref=card.ref, calibration=predictor.calibrated,
     )
 
 

@@ -220,7 +220,9 @@ def write_slide_outputs(scan: SlideScan, xy: np.ndarray, probabilities: np.ndarr
     _, record = card.precision(precision)
     weights = Path(record.file).with_suffix(".bin").name
     model = {"name": card.name, "version": card.version, "ref": card.ref, "precision": precision,
-             "sha256": card.files.get(weights, ""), "input": card.input.model_dump(mode="json")}
+             "sha256": card.files.get(weights, ""), "input": card.input.model_dump(mode="json"),
+             # the heat map holds the predictor's (calibrated) probabilities, as the threshold
+             "calibration": record.calibration.method if record.calibration else "none"}
     summary = {"slide_id": sid, "path": scan.slide.path, "dimensions": list(scan.dimensions),
                "mpp_level0": list(scan.mpp) if scan.mpp else None, "level": g["level"],
                "patch_microns_per_pixel": g["mpp"], "windows": scan.windows,

@@ -120,6 +120,13 @@ def _build_model(config: dict[str, Any], keras: Any, strategy: Any) -> Any:
     return model
 
 
+def checkpoint_extras(model: Any) -> dict[str, Any]:
+    """Training state beyond the model and its optimizer that a checkpoint must hold to
+    resume: an SGAN's generator optimizer (the generator itself is part of the model)."""
+    extra = getattr(model, "generator_optimizer", None)
+    return {"generator_optimizer": extra} if extra is not None else {}
+
+
 def architecture_mismatch(meta: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """The architecture keys on which a checkpoint's ``meta`` and a loop ``config`` differ.
 
@@ -178,11 +185,16 @@ def checkpoint_preprocess(meta: dict[str, Any]) -> Preprocess:
 
 def batch_inputs(batch: dict[str, np.ndarray], preprocess: Preprocess) -> Any:
     """A prepared batch (``x``, and ``context`` for a multi-scale contract) -> what the
-    Keras model is called with: one float32 array, or ``{"patch": ..., "context": ...}``."""
+    Keras model is called with: one float32 array, or ``{"patch": ..., "context": ...}``.
+
+    The batch comes from :func:`patchray.data.pipeline.training_dataset` (train and val
+    alike), whose Ray Data stage already applied the contract's stain normalisation before
+    augmenting: scaling here must not normalise again."""
     if preprocess.multiscale and "context" not in batch:
         raise ValueError("a multi-scale model needs the context view: the batch has no "
                          f"'context' (keys {sorted(batch)}); is the dataset multi-scale?")
-    return preprocess.inputs(batch["x"], batch.get("context") if preprocess.multiscale else None)
+    return preprocess.inputs(batch["x"], batch.get("context") if preprocess.multiscale else None,
+                             stain_normalised=True)
 
 
 def _shard_to_tf(shard: Any, batch_size: int, preprocess: Preprocess, tf: Any) -> Any:
@@ -351,7 +363,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = _build_model(config, keras, strategy)
     # model.optimizer, not the Adam passed to compile: under mixed precision it is the
     # LossScaleOptimizer wrapping it, whose loss scale must be checkpointed too.
-    tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                        **checkpoint_extras(model))
     progress = _restore(model, tf_checkpoint, ray.train.get_checkpoint(), config, rank)
 
     epochs, batch = config["epochs"], config["batch_size"]

@@ -41,17 +41,28 @@ class TrainingOutcome:
     workers: tuple[dict[str, Any], ...] = ()
 
 
-def training_contract(cfg: TrainJobConfig, dataset: PatchDataset | None) -> Any:
+def training_contract(cfg: TrainJobConfig, dataset: PatchDataset | None, *,
+                      resume_meta: dict[str, Any] | None = None) -> Any:
     """The input contract a run trains with (and its checkpoints and card carry):
     ``train.preprocess()``, plus what only the dataset knows: a multi-scale model's
-    ``context_scale`` (its dataset must have the context view) and the patches' microns per
-    pixel when the dataset's source records one (slide tiles)."""
+    ``context_scale`` (its dataset must have the context view), the patches' microns per
+    pixel when the dataset's source records one (slide tiles), and the stain normalisation
+    fitted on ``data.stain.reference`` (``data.stain.method`` not ``none``).
+
+    ``resume_meta``: the meta of the checkpoint a run resumes from; its fitted stain is
+    reused as it is (a refit with the same seed is identical anyway, but the checkpoint's
+    is what the weights were trained on), and a different ``data.stain.method`` is refused."""
     from patchray.models import get_model_info
 
     preprocess = cfg.train.preprocess()
     if dataset is None:
         return preprocess
     update: dict[str, Any] = {}
+    stain = _resumed_stain(cfg, resume_meta)
+    if stain is None and cfg.data.stain.method != "none":
+        stain = fit_stain(cfg, dataset, preprocess)
+    if stain is not None:
+        update["stain"] = stain
     mpp = dataset.manifest.source.get("microns_per_pixel")
     if preprocess.microns_per_pixel is None and isinstance(mpp, int | float) and mpp > 0:
         update["microns_per_pixel"] = float(mpp)
@@ -64,6 +75,115 @@ def training_contract(cfg: TrainJobConfig, dataset: PatchDataset | None) -> Any:
                 "write_multiscale_dataset, or choose a single-scale model")
         update["context_scale"] = dataset.context_scale
     return preprocess.model_copy(update=update) if update else preprocess
+
+
+def semi_supervised(cfg: TrainJobConfig) -> bool:
+    """Whether ``train.model`` also trains on the dataset's unlabelled split."""
+    from patchray.models import get_model_info
+
+    return get_model_info(cfg.train.model).semi_supervised
+
+
+def _resumed_stain(cfg: TrainJobConfig, meta: dict[str, Any] | None) -> Any:
+    if not meta:
+        return None
+    saved = (meta.get("preprocess") or {}).get("stain")
+    method = saved["method"] if saved else "none"
+    if method != cfg.data.stain.method:
+        raise ConfigError(
+            f"this run's checkpoints were trained with stain normalisation {method!r}, the "
+            f"config says data.stain.method={cfg.data.stain.method!r}; resume it with its "
+            "own config or give this job a new name")
+    if saved is None:
+        return None
+    from patchray.inference.preprocess import StainNormalisation
+
+    return StainNormalisation.model_validate(saved)
+
+
+def fit_stain(cfg: TrainJobConfig, dataset: PatchDataset, preprocess: Any) -> Any:
+    """Fit ``data.stain`` on its reference: ``reference_patches`` patches of the train
+    split sampled by ``seed`` (``reference: train``), or local image(s)."""
+    from patchray.inference.preprocess import StainNormalisation
+
+    s = cfg.data.stain
+    if s.reference == "train":
+        pixels = sample_split_pixels(dataset, "train", preprocess, s.reference_patches,
+                                     seed=s.seed, val_holdout=cfg.data.val_holdout)
+        fitted_on = (f"{len(pixels)} patches sampled from {dataset.root} train (seed "
+                     f"{s.seed}, dataset content {dataset.content_sha256[:12]})")
+    else:
+        pixels = reference_image_pixels(s.reference, preprocess, s.reference_patches)
+        fitted_on = f"{len(pixels)} patch image(s) from {s.reference}"
+    try:
+        return StainNormalisation.fit(s.method, pixels, fitted_on=fitted_on)
+    except ValueError as e:
+        raise ConfigError(f"data.stain (method {s.method}, reference {s.reference}): {e}"
+                          ) from None
+
+
+def sample_split_pixels(dataset: PatchDataset, split: str, preprocess: Any, n: int, *,
+                        seed: int, val_holdout: float = 0.0) -> Any:
+    """``n`` patches of ``split`` drawn without replacement by ``seed`` (uint8, decoded and
+    padded by ``preprocess``), read straight from the split's Parquet files on the driver:
+    the row counts come from the files' footers, so only the chosen rows' files are read."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from patchray.data.manifest import in_holdout
+    from patchray.data.transforms import decode_patches
+
+    stored, held_out = dataset.resolve(split, val_holdout)
+    fs, paths = dataset.split_files(stored)
+    eligible = []  # per file: the row numbers a sample may take
+    for path in paths:
+        if held_out is None:
+            eligible.append(np.arange(pq.ParquetFile(path, filesystem=fs).metadata.num_rows))
+        else:
+            sha = pq.read_table(path, filesystem=fs, columns=["sha256"])["sha256"].to_pylist()
+            eligible.append(np.flatnonzero(in_holdout(sha, val_holdout) == held_out))
+    offsets = np.cumsum([0] + [len(e) for e in eligible])
+    total = int(offsets[-1])
+    if total == 0:
+        raise ConfigError(f"{dataset.root}: split {split!r} has no rows to fit data.stain on")
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total),
+                                                       replace=False))
+    columns = ["image"] + (["height", "width"] if dataset.encoding == "raw" else [])
+    parts = []
+    for i, path in enumerate(paths):
+        local = picks[(picks >= offsets[i]) & (picks < offsets[i + 1])] - offsets[i]
+        if local.size == 0:
+            continue
+        table = pq.read_table(path, filesystem=fs, columns=columns).take(eligible[i][local])
+        parts.append(decode_patches(
+            table["image"].to_pylist(), preprocess.size, encoding=dataset.encoding,
+            heights=table["height"].to_pylist() if "height" in columns else None,
+            widths=table["width"].to_pylist() if "width" in columns else None,
+            pad_value=preprocess.pad_value))
+    return np.concatenate(parts)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def reference_image_pixels(reference: str, preprocess: Any, limit: int) -> Any:
+    """A stain reference given as a local image (one patch, its native size) or a folder of
+    patch images (the first ``limit`` by name, fitted to the contract's size)."""
+    import numpy as np
+
+    from patchray.data.records import decode_image
+
+    path = Path(reference)
+    if path.is_file():
+        return decode_image(path.read_bytes(), source=str(path))[None]
+    if not path.is_dir():
+        raise ConfigError(f"data.stain.reference={reference!r}: not 'train' and no such local "
+                          "image file or folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise ConfigError(f"data.stain.reference={reference!r}: the folder has no "
+                          f"{'/'.join(IMAGE_SUFFIXES)} images")
+    return np.stack([preprocess.decode(p.read_bytes(), source=str(p)) for p in files])
 
 
 def loop_config(cfg: TrainJobConfig, replica_report_uri: str = "", *,
@@ -126,13 +246,15 @@ def run_config(cfg: TrainJobConfig, *, storage_root: str, run_name: str,
 def build_trainer(
     cfg: TrainJobConfig, *, dataset: PatchDataset, storage_root: str, run_name: str,
     callbacks: list[Any] | None = None, progress_label: str = "",
+    resume_meta: dict[str, Any] | None = None,
 ) -> Any:
-    """A ready-to-``fit`` TensorflowTrainer over the train/val splits of ``dataset``."""
+    """A ready-to-``fit`` TensorflowTrainer over the train/val splits of ``dataset``.
+    ``resume_meta``: the meta of the checkpoint it resumes from (:func:`training_contract`)."""
     ensure_legacy_keras_env()  # ray.train.tensorflow imports TensorFlow
     from ray.train import DataConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    preprocess = training_contract(cfg, dataset)
+    preprocess = training_contract(cfg, dataset, resume_meta=resume_meta)
     datasets = {
         "train": training_dataset(
             dataset,
@@ -140,8 +262,10 @@ def build_trainer(
             preprocess=preprocess,
             augment=cfg.data.augment,
             augment_strength=cfg.data.augment_strength,
+            stain_augment=cfg.data.stain_augment,
             weighting=cfg.data.class_weighting,
             val_holdout=cfg.data.val_holdout,
+            semi_supervised=semi_supervised(cfg),  # + the unlabelled split (sgan_* models)
         ),
         "val": training_dataset(dataset, "val", preprocess=preprocess, augment=False,
                                 val_holdout=cfg.data.val_holdout),
@@ -212,9 +336,11 @@ def run_training(
     continues after the latest one; if that one is the last epoch, no worker is started and
     the outcome describes the finished run (so a rerun trains nothing).
     Resuming into a different network (model, model_args, input_size, mixed_precision) is a
-    :class:`ConfigError`.
+    :class:`ConfigError`, and so is resuming with another ``data.stain.method``; a resumed
+    run trains on the stain its checkpoint was fitted with (:func:`training_contract`).
     """
     epochs_before, result = 0, previous_result(storage_root, run_name)
+    latest: dict[str, Any] | None = None
     if result is not None:
         latest = read_meta(result.checkpoint)
         mismatch = architecture_mismatch(latest, loop_config(cfg))
@@ -234,7 +360,7 @@ def run_training(
                      epochs_before, cfg.train.epochs, run_name, epochs_before + 1,
                      cfg.train.epochs)
         trainer = build_trainer(cfg, dataset=dataset, storage_root=storage_root,
-                                run_name=run_name)
+                                run_name=run_name, resume_meta=latest)
         result = fit(trainer, dataset.root, storage.join(storage_root, run_name))
     return outcome_from_result(
         result, storage.join(storage_root, run_name), Path(local_dir),

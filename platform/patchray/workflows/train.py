@@ -247,7 +247,7 @@ def _patients(n: int) -> str:
 
 
 def limitations(cfg: TrainJobConfig, f32_test: dict[str, Any],
-                proof: list[Evidence]) -> list[str]:
+                proof: list[Evidence], calibration: str = "none") -> list[str]:
     train, val, test = proof
     synthetic = cfg.dataset == "synthetic"
     validated = (f"validated on {_patients(len(val.patients))} not trained on"
@@ -261,7 +261,10 @@ def limitations(cfg: TrainJobConfig, f32_test: dict[str, Any],
         "Not validated on patients from other sites, scanners, stains or magnifications than "
         "its training data: check it on local cases before relying on it.",
         f"The threshold was chosen on validation for sensitivity >= "
-        f"{cfg.eval.min_sensitivity} (rule '{cfg.eval.threshold_rule}'); on the test patients "
+        f"{cfg.eval.min_sensitivity} (rule '{cfg.eval.threshold_rule}'"
+        + (f", on the probability calibrated by {calibration} on the same validation patches"
+           if calibration != "none" else ", on the raw model output (not calibrated)")
+        + "); on the test patients "
         f"sensitivity was {f32_test.get('sensitivity') or float('nan'):.3f} and specificity "
         f"{f32_test.get('specificity') or float('nan'):.3f}.",
         "Scores single patches; it has not been validated as a slide-level diagnosis.",
@@ -303,7 +306,8 @@ def model_card(cfg: TrainJobConfig, name: str, dataset: PatchDataset, exported: 
             f"Decision support in research settings: scores {size}x{size} px H&E patches for "
             f"'{c1}' (against '{c0}') so that a pathologist looks again at the flagged ones. "
             "A second look, not a diagnosis."),
-        limitations=limitations(cfg, evaluation.metrics["test"], proof),
+        limitations=limitations(cfg, evaluation.metrics["test"], proof,
+                                evaluation.metrics.get("calibration", {}).get("method", "none")),
     )
 
 

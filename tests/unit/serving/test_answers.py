@@ -47,4 +47,4 @@ def test_model_info_round_trips_through_a_dict():
     info = _info()
     assert ModelInfo.from_dict(info.to_dict()) == info
     assert info.public() == {"name": "m", "version": "2", "precision": "f32",
-                             "sha256": "a" * 64}
+                             "sha256": "a" * 64, "calibration": "none"}
